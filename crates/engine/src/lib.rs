@@ -1,0 +1,2 @@
+//! The WSK client engine (in progress: see issue 3).
+#![no_std]

@@ -1,0 +1,1 @@
+//! Host model of the kernel (in progress: see issue 3).

@@ -1,0 +1,12 @@
+//! The WskSend user-mode harness: a library over the driver's IOCTL interface and the
+//! scenarios `cargo xtask test` runs under Wine (and a tester runs in a Windows VM).
+//!
+//! The Windows-only parts (device access, scenarios) compile only for Windows targets;
+//! the result format is plain Rust so `xtask` can parse it on the host.
+
+pub mod report;
+
+#[cfg(windows)]
+pub mod device;
+#[cfg(windows)]
+pub mod scenarios;

@@ -1,0 +1,73 @@
+//! Builds the Windows binaries on Linux.
+//!
+//! - the WDM driver image and the `ProcessPrng` shim for `x86_64-pc-windows-msvc`, linked
+//!   by `rust-lld` (the flags that make a `.sys` are in `crates/wdm/build.rs`);
+//! - the harness `.exe` for `x86_64-pc-windows-gnu`, linked by mingw-w64.
+
+use std::path::PathBuf;
+
+use crate::{Result, process, root};
+
+/// Paths of the built binaries.
+pub struct Artifacts {
+    /// The driver image (`wsksend.sys`).
+    pub driver: PathBuf,
+    /// `bcryptprimitives.dll`, placed beside the harness under Wine.
+    pub shim: PathBuf,
+    /// `wsksend-harness.exe`.
+    pub harness: PathBuf,
+}
+
+/// Target of the driver image and the shim.
+pub const MSVC: &str = "x86_64-pc-windows-msvc";
+/// Target of the harness `.exe`.
+pub const GNU: &str = "x86_64-pc-windows-gnu";
+
+/// Builds all three (release profile) and returns where they are.
+pub fn build() -> Result<Artifacts> {
+    process::cargo(
+        &[
+            "build",
+            "--release",
+            "--target",
+            MSVC,
+            "-p",
+            "wsksend-wdm",
+            "-p",
+            "wsksend-prng-shim",
+        ],
+        &[
+            ("CARGO_TARGET_X86_64_PC_WINDOWS_MSVC_LINKER", "rust-lld"),
+            (
+                "CARGO_TARGET_X86_64_PC_WINDOWS_MSVC_RUSTFLAGS",
+                "-C target-feature=+crt-static",
+            ),
+        ],
+    )?;
+    process::cargo(
+        &[
+            "build",
+            "--release",
+            "--target",
+            GNU,
+            "-p",
+            "wsksend-harness",
+        ],
+        &[(
+            "CARGO_TARGET_X86_64_PC_WINDOWS_GNU_LINKER",
+            "x86_64-w64-mingw32-gcc",
+        )],
+    )?;
+    let target = root().join("target");
+    let dll = target.join(MSVC).join("release").join("wsksend_wdm.dll");
+    let driver = target.join(MSVC).join("release").join("wsksend.sys");
+    std::fs::copy(&dll, &driver).map_err(|e| format!("copy {}: {e}", dll.display()))?;
+    Ok(Artifacts {
+        driver,
+        shim: target
+            .join(MSVC)
+            .join("release")
+            .join("bcryptprimitives.dll"),
+        harness: target.join(GNU).join("release").join("wsksend-harness.exe"),
+    })
+}

@@ -1,0 +1,203 @@
+//! Ring 1: the real driver image under Wine, driven by the harness over IOCTL.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use wsksend_harness::report::ScenarioResult;
+
+use crate::wine::{SERVICE, Wine};
+use crate::{Result, artifacts, deps, root};
+
+fn e2e_dir() -> Result<PathBuf> {
+    let dir = root().join("target").join("e2e");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Builds, prepares the prefix, installs the driver; returns the running prefix.
+fn prepare() -> Result<Wine> {
+    deps::ensure()?;
+    let artifacts = artifacts::build()?;
+    let log = e2e_dir()?.join("driver.log");
+    std::fs::write(&log, b"").map_err(|e| format!("truncate {}: {e}", log.display()))?;
+    let wine = Wine::start(&log)?;
+    wine.install(&artifacts)?;
+    Ok(wine)
+}
+
+/// `cargo xtask run`: load the driver, ask it for its version over IOCTL, unload it.
+pub fn run() -> Result {
+    let wine = prepare()?;
+    let started = wine.sc(&["start", SERVICE])?;
+    if !started.success() {
+        return Err(format!("sc start failed: {}", started.stdout.trim()));
+    }
+    let version = wine.harness(&["version"])?;
+    let stopped = wine.sc(&["stop", SERVICE])?;
+    println!("WskSend under Wine");
+    println!("  driver image : target/x86_64-pc-windows-msvc/release/wsksend.sys");
+    println!("  service      : {SERVICE} (kernel driver, loaded by Wine's winedevice)");
+    println!("  over IOCTL   : {}", version.stdout.trim());
+    println!(
+        "  unload       : {}",
+        if stopped.success() { "ok" } else { "FAILED" }
+    );
+    println!("  driver log   : target/e2e/driver.log");
+    if version.success() && stopped.success() {
+        Ok(())
+    } else {
+        Err("the driver did not answer or did not unload".into())
+    }
+}
+
+/// Collects scenario results.
+#[derive(Default)]
+struct Results(Vec<ScenarioResult>);
+
+impl Results {
+    fn check(&mut self, name: &str, passed: bool, detail: impl Into<String>) {
+        let result = ScenarioResult::new(name, passed, detail);
+        println!("{}", result.to_line());
+        self.0.push(result);
+    }
+
+    /// Runs harness scenarios and records each `RESULT` line; a scenario that printed
+    /// no line is recorded as failed.
+    fn harness(&mut self, wine: &Wine, names: &[&str]) {
+        self.harness_as(wine, names, "");
+    }
+
+    /// As [`Self::harness`], recording each result as `name` + `suffix`.
+    fn harness_as(&mut self, wine: &Wine, names: &[&str], suffix: &str) {
+        let mut args = vec!["scenario"];
+        args.extend_from_slice(names);
+        let out = match wine.harness(&args) {
+            Ok(out) => out,
+            Err(e) => {
+                for name in names {
+                    let label = format!("{name}{suffix}");
+                    self.check(&label, false, format!("harness did not run: {e}"));
+                }
+                return;
+            }
+        };
+        for name in names {
+            let found = out
+                .stdout
+                .lines()
+                .filter_map(ScenarioResult::parse_line)
+                .find(|r| r.name == *name);
+            let label = format!("{name}{suffix}");
+            match found {
+                Some(r) => self.check(&label, r.passed, r.detail),
+                None => self.check(
+                    &label,
+                    false,
+                    format!(
+                        "no result (exit {:?}{})",
+                        out.code,
+                        if out.timed_out { ", timed out" } else { "" }
+                    ),
+                ),
+            }
+        }
+    }
+
+    fn write_json(&self, path: &std::path::Path) -> Result {
+        let mut json = String::from("{\n  \"scenarios\": [\n");
+        for (i, r) in self.0.iter().enumerate() {
+            let sep = if i + 1 == self.0.len() { "" } else { "," };
+            let _ = writeln!(
+                json,
+                "    {{\"name\": {}, \"passed\": {}, \"detail\": {}}}{sep}",
+                json_string(&r.name),
+                r.passed,
+                json_string(&r.detail)
+            );
+        }
+        let passed = self.0.iter().filter(|r| r.passed).count();
+        let _ = write!(
+            json,
+            "  ],\n  \"passed\": {passed},\n  \"failed\": {}\n}}\n",
+            self.0.len() - passed
+        );
+        std::fs::write(path, json).map_err(|e| format!("write {}: {e}", path.display()))
+    }
+}
+
+fn json_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+const LOG_WAIT: Duration = Duration::from_secs(10);
+
+/// `cargo xtask test` (Wine part): every scenario, a JSON report and the summary line.
+pub fn test() -> Result {
+    let wine = prepare()?;
+    let mut results = Results::default();
+
+    let started = wine.sc(&["start", SERVICE])?;
+    let state = wine.service_state()?;
+    let entry = wine.log_contains("WskSend: loaded", LOG_WAIT);
+    results.check(
+        "driver-load",
+        started.success() && state.as_deref() == Some("RUNNING") && entry,
+        format!(
+            "sc start exit {:?}, state {state:?}, DriverEntry logged: {entry}",
+            started.code
+        ),
+    );
+
+    results.harness(&wine, &["version", "unknown-ioctl", "short-output"]);
+
+    let stopped = wine.sc(&["stop", SERVICE])?;
+    let state = wine.service_state()?;
+    let unload = wine.log_contains("WskSend: unloaded", LOG_WAIT);
+    results.check(
+        "driver-unload",
+        stopped.success() && state.as_deref() == Some("STOPPED") && unload,
+        format!(
+            "sc stop exit {:?}, state {state:?}, DriverUnload logged: {unload}",
+            stopped.code
+        ),
+    );
+    results.harness(&wine, &["device-absent"]);
+
+    let restarted = wine.sc(&["start", SERVICE])?;
+    let state = wine.service_state()?;
+    results.check(
+        "driver-reload",
+        restarted.success() && state.as_deref() == Some("RUNNING"),
+        format!("sc start exit {:?}, state {state:?}", restarted.code),
+    );
+    results.harness_as(&wine, &["version"], "-after-reload");
+    let _ = wine.sc(&["stop", SERVICE]);
+    drop(wine);
+
+    let report = e2e_dir()?.join("report.json");
+    results.write_json(&report)?;
+    let passed = results.0.iter().filter(|r| r.passed).count();
+    let failed = results.0.len() - passed;
+    println!("report: {}", report.display());
+    println!("e2e: {passed} passed, {failed} failed");
+    if failed == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "{failed} end-to-end scenario(s) failed; see target/e2e/driver.log"
+        ))
+    }
+}

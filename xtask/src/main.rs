@@ -1,0 +1,91 @@
+//! `cargo xtask <job>`: everything beyond `cargo build` on Linux.
+//!
+//! - `run`   — build the driver, load it under Wine, drive it over IOCTL, short report.
+//! - `test`  — host tests (`cargo test`), then the Wine end-to-end scenarios; writes
+//!   `target/e2e/report.json` and prints `e2e: N passed, M failed`.
+//! - `build` — only build the Windows binaries (driver `.sys`, shim, harness `.exe`).
+//!
+//! System packages (Wine, mingw-w64) are installed with apt when running as root;
+//! otherwise the exact command is printed.
+
+mod artifacts;
+mod deps;
+mod e2e;
+mod process;
+mod wine;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Result type of the jobs: an error is a message for the user.
+type Result<T = ()> = std::result::Result<T, String>;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let job = args.first().map_or("help", String::as_str);
+    let result = match job {
+        "run" => e2e::run(),
+        "test" => test(),
+        "build" => deps::ensure().and_then(|()| artifacts::build().map(|_| ())),
+        _ => {
+            eprintln!("usage: cargo xtask run | test | build");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask {job}: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `cargo xtask test`: lints, host tests (fast, no Wine), then the Wine scenarios.
+fn test() -> Result {
+    deps::ensure()?;
+    lint()?;
+    process::cargo(&["test", "--quiet"], &[]).map_err(|e| format!("host tests failed: {e}"))?;
+    e2e::test()
+}
+
+/// `cargo fmt --check` and `cargo clippy -D warnings` on the host crates and on the
+/// crates that only build for Windows targets.
+fn lint() -> Result {
+    process::cargo(&["fmt", "--all", "--", "--check"], &[])
+        .map_err(|e| format!("formatting: {e} (run `cargo fmt`)"))?;
+    let deny = ["--", "-D", "warnings"];
+    for args in [
+        &["clippy", "--quiet", "--all-targets"][..],
+        &[
+            "clippy",
+            "--quiet",
+            "--target",
+            artifacts::MSVC,
+            "-p",
+            "wsksend-wdm",
+            "-p",
+            "wsksend-prng-shim",
+        ][..],
+        &[
+            "clippy",
+            "--quiet",
+            "--target",
+            artifacts::GNU,
+            "-p",
+            "wsksend-harness",
+        ][..],
+    ] {
+        let all: Vec<&str> = args.iter().chain(deny.iter()).copied().collect();
+        process::cargo(&all, &[]).map_err(|e| format!("clippy: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The workspace root (xtask lives one level below it).
+fn root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .map_or_else(|| manifest.clone(), PathBuf::from)
+}

@@ -1,0 +1,153 @@
+//! A Wine prefix under `target/` that runs the driver, and the commands we run in it.
+//!
+//! Logging: `DbgPrint` lands in Wine's `warn+debugstr` channel and netio's trace in
+//! `trace+netio`. Every Wine process we start (and the services/winedevice processes
+//! they spawn, which inherit it) writes its stderr to one log file, so a failure can be
+//! diagnosed from `target/e2e/driver.log` alone. The prefix's wineserver is killed
+//! when the [`Wine`] value is dropped, also on failure.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::artifacts::Artifacts;
+use crate::process::{Output, run_captured};
+use crate::{Result, root};
+
+/// Name of the driver service.
+pub const SERVICE: &str = "WskSend";
+/// Folder inside the prefix's `C:` drive that holds our binaries.
+const INSTALL_DIR: &str = "wsksend";
+
+// `err` stays on except for the display/COM noise of a headless prefix.
+const WINEDEBUG: &str = "fixme-all,err-winediag,err-ole,err-systray,warn+debugstr,trace+netio";
+const DLL_OVERRIDES: &str = "mscoree,mshtml=;bcryptprimitives=n,b";
+
+/// Limit for one Wine command (prefix creation takes ~10 s on a cold machine).
+const COMMAND_LIMIT: Duration = Duration::from_secs(180);
+
+/// A running Wine prefix.
+pub struct Wine {
+    prefix: PathBuf,
+    log: PathBuf,
+}
+
+impl Wine {
+    /// Prepares the prefix `target/wine-prefix` (created on first use) with a fresh
+    /// wineserver whose processes log to `log`.
+    pub fn start(log: &Path) -> Result<Self> {
+        let wine = Self {
+            prefix: root().join("target").join("wine-prefix"),
+            log: log.to_path_buf(),
+        };
+        wine.kill_server();
+        std::fs::create_dir_all(&wine.prefix).map_err(|e| format!("create prefix: {e}"))?;
+        let out = wine.run("wineboot", &["-i"])?;
+        if !out.success() {
+            return Err(format!("wineboot failed (see {})", wine.log.display()));
+        }
+        Ok(wine)
+    }
+
+    fn log_file(&self) -> Result<File> {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .map_err(|e| format!("open {}: {e}", self.log.display()))
+    }
+
+    fn command(&self, program: &str) -> Result<Command> {
+        let mut cmd = Command::new(program);
+        cmd.env("WINEPREFIX", &self.prefix)
+            .env("WINEDEBUG", WINEDEBUG)
+            .env("WINEDLLOVERRIDES", DLL_OVERRIDES)
+            .env("WINEARCH", "win64")
+            .stderr(Stdio::from(self.log_file()?));
+        Ok(cmd)
+    }
+
+    /// Runs `wine program args..`, stdout captured, stderr to the log.
+    pub fn run(&self, program: &str, args: &[&str]) -> Result<Output> {
+        let mut cmd = self.command("wine")?;
+        cmd.arg(program).args(args);
+        run_captured(cmd, COMMAND_LIMIT)
+    }
+
+    /// Copies the binaries into `C:\wsksend\` and registers the driver as a
+    /// demand-start kernel service (replacing any earlier registration).
+    pub fn install(&self, artifacts: &Artifacts) -> Result {
+        let dir = self.prefix.join("drive_c").join(INSTALL_DIR);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        for (from, name) in [
+            (&artifacts.driver, "wsksend.sys"),
+            (&artifacts.shim, "bcryptprimitives.dll"),
+            (&artifacts.harness, "wsksend-harness.exe"),
+        ] {
+            std::fs::copy(from, dir.join(name))
+                .map_err(|e| format!("copy {}: {e}", from.display()))?;
+        }
+        let _ = self.sc(&["stop", SERVICE]);
+        let _ = self.sc(&["delete", SERVICE]);
+        let bin_path = format!("C:\\{INSTALL_DIR}\\wsksend.sys");
+        let out = self.sc(&[
+            "create", SERVICE, "type=", "kernel", "start=", "demand", "binPath=", &bin_path,
+        ])?;
+        if !out.success() {
+            return Err(format!("sc create failed: {}", out.stdout.trim()));
+        }
+        Ok(())
+    }
+
+    /// `sc args..`.
+    pub fn sc(&self, args: &[&str]) -> Result<Output> {
+        self.run("sc", args)
+    }
+
+    /// The service state from `sc query` (`RUNNING`, `STOPPED`, ...), if any.
+    pub fn service_state(&self) -> Result<Option<String>> {
+        let out = self.sc(&["query", SERVICE])?;
+        Ok(out
+            .stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with("STATE"))
+            .and_then(|l| l.split_whitespace().last())
+            .map(str::to_owned))
+    }
+
+    /// Runs the harness with `args` (from `C:\wsksend`, beside the shim DLL).
+    pub fn harness(&self, args: &[&str]) -> Result<Output> {
+        let exe = format!("C:\\{INSTALL_DIR}\\wsksend-harness.exe");
+        self.run(&exe, args)
+    }
+
+    /// Waits up to `limit` for `needle` to appear in the log (Wine processes write it
+    /// asynchronously).
+    pub fn log_contains(&self, needle: &str, limit: Duration) -> bool {
+        let start = Instant::now();
+        loop {
+            let text = std::fs::read(&self.log).unwrap_or_default();
+            if String::from_utf8_lossy(&text).contains(needle) {
+                return true;
+            }
+            if start.elapsed() >= limit {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn kill_server(&self) {
+        if let Ok(mut cmd) = self.command("wineserver") {
+            cmd.arg("-k").stdout(Stdio::null());
+            let _ = run_captured(cmd, Duration::from_secs(30));
+        }
+    }
+}
+
+impl Drop for Wine {
+    fn drop(&mut self) {
+        self.kill_server();
+    }
+}
