@@ -94,6 +94,19 @@ pub unsafe extern "system" fn driver_entry(
         return status;
     }
     DEVICE.store(device, Ordering::Release);
+    // WskRegister only: the provider is captured by the first connect (rule 7).
+    if let Err(e) = wsksend_engine::global::start() {
+        log!(
+            "WskSend: WskRegister failed %08x\n",
+            e.status().cast_unsigned()
+        );
+        // SAFETY: created above; nothing else references them yet.
+        unsafe { IoDeleteSymbolicLink(&raw mut link) };
+        // SAFETY: as above.
+        unsafe { IoDeleteDevice(device) };
+        DEVICE.store(ptr::null_mut(), Ordering::Release);
+        return e.status();
+    }
 
     // SAFETY: DriverEntry owns the driver object until it returns.
     let driver = unsafe { &mut *driver };
@@ -108,6 +121,8 @@ pub unsafe extern "system" fn driver_entry(
 
 /// `DriverUnload`: removes the symbolic link and the device.
 unsafe extern "system" fn driver_unload(_driver: *mut DRIVER_OBJECT) {
+    // Every connection closes (pending sends complete) before WskDeregister (rule 8).
+    wsksend_engine::global::stop();
     let mut link = unicode(&DOS_DEVICE_NAME);
     // SAFETY: the link was created in DriverEntry.
     unsafe { IoDeleteSymbolicLink(&raw mut link) };

@@ -53,3 +53,49 @@ static ALLOCATOR: NonPagedPool = NonPagedPool;
 /// The MSVC ABI expects this symbol in any image that uses floating point.
 #[unsafe(no_mangle)]
 pub static _fltused: i32 = 0;
+
+// The compiler lowers copies and fills to calls of the C memory routines; a driver
+// takes them from the kernel, which exports them.
+#[cfg_attr(
+    target_os = "windows",
+    link(name = "ntoskrnl.exe", kind = "raw-dylib", modifiers = "+verbatim")
+)]
+unsafe extern "C" {
+    fn memcpy(dest: *mut c_void, src: *const c_void, n: usize) -> *mut c_void;
+    fn memmove(dest: *mut c_void, src: *const c_void, n: usize) -> *mut c_void;
+    fn memset(dest: *mut c_void, c: i32, n: usize) -> *mut c_void;
+    fn memcmp(a: *const c_void, b: *const c_void, n: usize) -> i32;
+}
+
+/// Keeps the imports above in the image even when no Rust code names them.
+#[used]
+static MEMORY_ROUTINES: [unsafe extern "C" fn(); 4] = [
+    // SAFETY: only the addresses are taken; nothing calls through these pointers.
+    unsafe {
+        core::mem::transmute::<
+            unsafe extern "C" fn(*mut c_void, *const c_void, usize) -> *mut c_void,
+            unsafe extern "C" fn(),
+        >(memcpy)
+    },
+    // SAFETY: as above.
+    unsafe {
+        core::mem::transmute::<
+            unsafe extern "C" fn(*mut c_void, *const c_void, usize) -> *mut c_void,
+            unsafe extern "C" fn(),
+        >(memmove)
+    },
+    // SAFETY: as above.
+    unsafe {
+        core::mem::transmute::<
+            unsafe extern "C" fn(*mut c_void, i32, usize) -> *mut c_void,
+            unsafe extern "C" fn(),
+        >(memset)
+    },
+    // SAFETY: as above.
+    unsafe {
+        core::mem::transmute::<
+            unsafe extern "C" fn(*const c_void, *const c_void, usize) -> i32,
+            unsafe extern "C" fn(),
+        >(memcmp)
+    },
+];

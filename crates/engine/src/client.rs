@@ -1,0 +1,316 @@
+//! Registration with WSK and the connections made through it.
+//!
+//! `WskRegister` happens at start-up (it does not wait for the provider). The provider
+//! NPI is captured lazily, by the first connect, with a bounded wait — never in
+//! `DriverEntry` (DESIGN.md rule 7) — and released at shutdown, after every connection
+//! is closed, right before `WskDeregister` (rule 8).
+
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::cell::UnsafeCell;
+use core::net::SocketAddr;
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicU8, Ordering};
+use core::time::Duration;
+
+use wsksend_ffi::{
+    IPPROTO_TCP, SOCK_STREAM, WSK_CLIENT_DISPATCH, WSK_CLIENT_NPI, WSK_FLAG_CONNECTION_SOCKET,
+    WSK_PROVIDER_CONNECTION_DISPATCH, WSK_PROVIDER_NPI, WSK_REGISTRATION, WSK_SOCKET,
+    WSK_VERSION_1_0, WskCaptureProviderNPI, WskDeregister, WskRegister, WskReleaseProviderNPI,
+};
+
+use crate::connection::{ConnectOptions, Connection};
+use crate::control::{self, RawAddr};
+use crate::error::to_result;
+use crate::pool::PoolBox;
+use crate::sync::{Event, SpinLock};
+use crate::{Error, Result};
+
+/// How long the first connect waits for the WSK provider to become available.
+pub const CAPTURE_WAIT_MS: u32 = 5_000;
+
+static CLIENT_DISPATCH: WSK_CLIENT_DISPATCH = WSK_CLIENT_DISPATCH {
+    Version: WSK_VERSION_1_0,
+    Reserved: 0,
+    WskClientEvent: None,
+};
+
+const NPI_NONE: u8 = 0;
+const NPI_CAPTURING: u8 = 1;
+const NPI_CAPTURED: u8 = 2;
+
+/// A WSK client registration.
+///
+/// # Invariants
+/// Lives in pool at a fixed address (it is only handed out as `PoolBox<Client>`), so
+/// `registration` and `client_npi` never move between `WskRegister` and
+/// `WskDeregister`. `npi` is valid while `npi_state` is `NPI_CAPTURED`.
+pub struct Client {
+    client_npi: WSK_CLIENT_NPI,
+    registration: UnsafeCell<WSK_REGISTRATION>,
+    npi: UnsafeCell<WSK_PROVIDER_NPI>,
+    npi_state: AtomicU8,
+    npi_ready: Event,
+    connections: SpinLock<Vec<Arc<Connection>>>,
+}
+
+// SAFETY: the registration and NPI are used by WSK from any thread; our writes to them
+// happen once, before publication through `npi_state` (Release/Acquire).
+unsafe impl Sync for Client {}
+// SAFETY: as above.
+unsafe impl Send for Client {}
+
+impl Client {
+    /// `WskRegister`. Does not wait for the provider.
+    ///
+    /// # Errors
+    /// `WskRegister`'s status; `STATUS_INSUFFICIENT_RESOURCES`.
+    ///
+    /// # IRQL
+    /// `PASSIVE_LEVEL`.
+    pub fn register() -> Result<PoolBox<Self>> {
+        let client = PoolBox::try_new(Self {
+            client_npi: WSK_CLIENT_NPI {
+                ClientContext: ptr::null_mut(),
+                Dispatch: &raw const CLIENT_DISPATCH,
+            },
+            registration: UnsafeCell::new(WSK_REGISTRATION::zeroed()),
+            npi: UnsafeCell::new(WSK_PROVIDER_NPI {
+                Client: ptr::null_mut(),
+                Dispatch: ptr::null(),
+            }),
+            npi_state: AtomicU8::new(NPI_NONE),
+            npi_ready: Event::notification()?,
+            connections: SpinLock::new(Vec::new()),
+        })?;
+        // SAFETY: both structures live in pool at a fixed address until `shutdown`
+        // deregisters (type invariant).
+        to_result(unsafe { WskRegister(&raw const client.client_npi, client.registration.get()) })?;
+        Ok(client)
+    }
+
+    /// The provider NPI, captured on first use with a bounded wait.
+    ///
+    /// # IRQL
+    /// `PASSIVE_LEVEL`.
+    fn provider(&self) -> Result<&WSK_PROVIDER_NPI> {
+        loop {
+            match self.npi_state.compare_exchange(
+                NPI_NONE,
+                NPI_CAPTURING,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    // SAFETY: we are the only writer (state CAPTURING); the registration
+                    // is live; the wait is bounded.
+                    let status = unsafe {
+                        WskCaptureProviderNPI(
+                            self.registration.get(),
+                            CAPTURE_WAIT_MS,
+                            self.npi.get(),
+                        )
+                    };
+                    let captured = to_result(status);
+                    self.npi_state.store(
+                        if captured.is_ok() {
+                            NPI_CAPTURED
+                        } else {
+                            NPI_NONE
+                        },
+                        Ordering::Release,
+                    );
+                    self.npi_ready.set();
+                    captured.map_err(|_| Error::NOT_READY)?;
+                }
+                Err(NPI_CAPTURED) => {
+                    // SAFETY: published with Release after the capture wrote it.
+                    return Ok(unsafe { &*self.npi.get() });
+                }
+                Err(_) => {
+                    // Another thread is capturing: wait for it, bounded.
+                    if !self
+                        .npi_ready
+                        .wait(Duration::from_millis(u64::from(CAPTURE_WAIT_MS) * 2))
+                    {
+                        return Err(Error::NOT_READY);
+                    }
+                    if self.npi_state.load(Ordering::Acquire) != NPI_CAPTURED {
+                        return Err(Error::NOT_READY);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Opens a TCP connection to `remote` (IPv4 or IPv6): socket, bind to the wildcard
+    /// address of the same family, connect — each bounded by `options.connect_timeout`.
+    /// Anything that fails cleans up fully.
+    ///
+    /// # Errors
+    /// The provider's status (for example `STATUS_CONNECTION_REFUSED`),
+    /// `STATUS_IO_TIMEOUT`, `STATUS_DEVICE_NOT_READY` when WSK is not available.
+    ///
+    /// # IRQL
+    /// `PASSIVE_LEVEL`.
+    pub fn connect(&self, remote: SocketAddr, options: &ConnectOptions) -> Result<Arc<Connection>> {
+        let npi = self.provider()?;
+        let limit = options.connect_timeout;
+        let raw_remote = RawAddr::from_socket_addr(remote);
+        // SAFETY: a captured NPI's dispatch table is valid until released at shutdown.
+        let provider = unsafe { &*npi.Dispatch };
+        let wsk_socket = provider.WskSocket.ok_or(Error::NOT_SUPPORTED)?;
+        let created = control::call(limit, None, &mut || {}, &mut |irp, _| {
+            // SAFETY: valid client and IRP; no socket context or dispatch for a socket
+            // that receives no events.
+            unsafe {
+                wsk_socket(
+                    npi.Client,
+                    raw_remote.family(),
+                    SOCK_STREAM,
+                    IPPROTO_TCP,
+                    WSK_FLAG_CONNECTION_SOCKET,
+                    ptr::null_mut(),
+                    ptr::null(),
+                    ptr::null_mut(),
+                    ptr::null_mut(),
+                    ptr::null_mut(),
+                    irp,
+                )
+            }
+        })?;
+        let socket = NonNull::new(created as *mut WSK_SOCKET).ok_or(Error::INVALID_PARAMETER)?;
+        let mut guard = SocketGuard {
+            socket: Some(socket),
+        };
+        // SAFETY: the socket was just created and stays open until the guard closes it.
+        let dispatch = unsafe { connection_dispatch(socket) };
+        let bind = dispatch.WskBind.ok_or(Error::NOT_SUPPORTED)?;
+        let connect = dispatch.WskConnect.ok_or(Error::NOT_SUPPORTED)?;
+        control::call(
+            limit,
+            Some(RawAddr::wildcard_of(remote)),
+            &mut || {},
+            &mut |irp, addr| {
+                // SAFETY: open socket, address valid until completion, our IRP.
+                unsafe { bind(socket.as_ptr(), addr, 0, irp) }
+            },
+        )?;
+        let mut closed_by_timeout = false;
+        let connected = control::call(
+            limit,
+            Some(raw_remote),
+            &mut || {
+                // Cancel not honoured (Wine): closing the socket completes the connect.
+                close_socket(socket);
+                closed_by_timeout = true;
+            },
+            &mut |irp, addr| {
+                // SAFETY: open, bound socket, address valid until completion, our IRP.
+                unsafe { connect(socket.as_ptr(), addr, 0, irp) }
+            },
+        );
+        if closed_by_timeout {
+            guard.socket = None;
+        }
+        connected?;
+        let socket = guard.socket.take().ok_or(Error::TIMEOUT)?;
+        // SAFETY: a connected connection socket, handed over to the connection.
+        let connection = match unsafe { Connection::new(socket, remote, options) } {
+            Ok(c) => c,
+            Err(e) => {
+                close_socket(socket);
+                return Err(e);
+            }
+        };
+        let mut list = self.connections.lock();
+        list.try_reserve(1).map_err(|_| Error::NO_RESOURCES)?;
+        list.push(Arc::clone(&connection));
+        Ok(connection)
+    }
+
+    /// Closes `connection` (waiting for its sends) and forgets it.
+    ///
+    /// # Errors
+    /// As [`Connection::close`].
+    ///
+    /// # IRQL
+    /// `PASSIVE_LEVEL`.
+    pub fn close(&self, connection: &Arc<Connection>) -> Result {
+        let result = connection.close();
+        let removed = {
+            let mut list = self.connections.lock();
+            list.iter()
+                .position(|c| Arc::ptr_eq(c, connection))
+                .map(|i| list.swap_remove(i))
+        };
+        drop(removed);
+        result
+    }
+
+    /// Connections currently open.
+    #[must_use]
+    pub fn connection_count(&self) -> usize {
+        self.connections.lock().len()
+    }
+
+    /// Closes every connection, releases the NPI and deregisters (which waits for the
+    /// provider to let go of everything).
+    ///
+    /// # IRQL
+    /// `PASSIVE_LEVEL`.
+    pub fn shutdown(this: PoolBox<Self>) {
+        let all = core::mem::take(&mut *this.connections.lock());
+        for connection in &all {
+            let _ = connection.close();
+        }
+        drop(all);
+        if this.npi_state.load(Ordering::Acquire) == NPI_CAPTURED {
+            // SAFETY: captured above and no provider call is in progress any more.
+            unsafe { WskReleaseProviderNPI(this.registration.get()) };
+        }
+        // SAFETY: registered in `register`; every socket is closed.
+        unsafe { WskDeregister(this.registration.get()) };
+        drop(this);
+    }
+}
+
+/// Closes a socket that no connection owns yet, if still set, when dropped.
+struct SocketGuard {
+    socket: Option<NonNull<WSK_SOCKET>>,
+}
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        if let Some(socket) = self.socket.take() {
+            close_socket(socket);
+        }
+    }
+}
+
+/// `WskCloseSocket`, waited for (bounded).
+fn close_socket(socket: NonNull<WSK_SOCKET>) {
+    // SAFETY: the socket is open until the close below.
+    let dispatch = unsafe { connection_dispatch(socket) };
+    let Some(close) = dispatch.WskCloseSocket else {
+        return;
+    };
+    let _ = control::call(Duration::from_secs(30), None, &mut || {}, &mut |irp, _| {
+        // SAFETY: open socket, our IRP; the socket is not used after this.
+        unsafe { close(socket.as_ptr(), irp) }
+    });
+}
+
+/// The dispatch table of an open connection socket.
+///
+/// # Safety
+/// `socket` is an open connection socket; the table is used only while it stays open.
+unsafe fn connection_dispatch<'a>(
+    socket: NonNull<WSK_SOCKET>,
+) -> &'a WSK_PROVIDER_CONNECTION_DISPATCH {
+    // SAFETY: `socket` is an open socket the provider created (caller).
+    let table = unsafe { socket.as_ref() }.Dispatch;
+    // SAFETY: a connection socket's dispatch is the provider's connection table, valid
+    // while the socket is open.
+    unsafe { &*table.cast::<WSK_PROVIDER_CONNECTION_DISPATCH>() }
+}
