@@ -1,16 +1,48 @@
 //! The IOCTL dispatcher both front ends share.
 //!
 //! A front end (KMDF `EvtIoDeviceControl` or a WDM `IRP_MJ_DEVICE_CONTROL` routine)
-//! translates its request object into a [`Request`], calls [`Dispatcher::device_control`]
-//! and completes the request with the returned [`Outcome`]. Everything about parsing,
-//! validation and the meaning of each code lives here, so the front ends stay thin and
-//! the logic is tested on the host.
+//! translates its request object into a [`Request`], calls
+//! [`Dispatcher::device_control`], and either completes the request with the returned
+//! [`Outcome`] or leaves it pending; pending requests are completed through the front
+//! end's [`PendingIo`] token. Parsing, validation, the per-file connection table and
+//! the meaning of each code live here, so the front ends stay thin and the logic is
+//! tested on the host.
+//!
+//! Connection handles are opaque 64-bit ids, checked against the file that created
+//! them; no kernel pointer ever reaches user mode.
 #![cfg_attr(not(test), no_std)]
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
-use wsksend_ffi::NTSTATUS;
-use wsksend_ffi::status::{STATUS_BUFFER_TOO_SMALL, STATUS_INVALID_DEVICE_REQUEST, STATUS_SUCCESS};
-use wsksend_protocol::{Ioctl, VersionInfo};
+extern crate alloc;
+
+mod handshake;
+
+use alloc::boxed::Box;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU64, Ordering};
+use core::time::Duration;
+
+use wsksend_engine::connection::{
+    CancelOutcome, Completion, ConnectOptions, Connection, Payload, Refused, SendId, SendResult,
+};
+use wsksend_engine::mdl::Segment;
+use wsksend_engine::sync::SpinLock;
+use wsksend_engine::{Error, global};
+use wsksend_ffi::status::{
+    STATUS_BUFFER_TOO_SMALL, STATUS_CANCELLED, STATUS_INSUFFICIENT_RESOURCES,
+    STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_HANDLE, STATUS_INVALID_PARAMETER,
+    STATUS_NOT_SUPPORTED, STATUS_REVISION_MISMATCH, STATUS_SUCCESS,
+};
+use wsksend_ffi::{MDL, NT_SUCCESS, NTSTATUS, WSK_FLAG_NODELAY};
+use wsksend_protocol::{
+    CONNECT_NODELAY, ConnectReply, ConnectRequest, HandleRequest, Ioctl, MAX_PENDING_PER_HANDLE,
+    MAX_SEGMENTS, SEND_NODELAY, SendError, SendRequest, Stats, VersionInfo, WireError,
+};
+
+pub use handshake::CancelHandshake;
+pub use wsksend_engine::mdl::Carve;
 
 /// How a request ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,98 +73,521 @@ impl Outcome {
     }
 }
 
+/// Identifies an open file (one user-mode handle's file object). Opaque: the front end
+/// uses the file object's address or WDF handle value; it never leaves the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FileId(pub usize);
+
+/// Identifies a pending request, for cancellation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RequestId(pub u64);
+
+/// The locked buffer of a `METHOD_IN_DIRECT` request (`Irp->MdlAddress`,
+/// `WdfRequestRetrieveOutputWdmMdl`).
+#[derive(Clone, Copy, Debug)]
+pub struct DirectBuffer {
+    /// The I/O manager's MDL, locked until the request completes.
+    pub mdl: NonNull<MDL>,
+    /// Its length (`OutputBufferLength`).
+    pub len: usize,
+}
+
 /// A device-control request as the front end hands it over.
-///
-/// `system` is the I/O manager's system buffer. For `METHOD_BUFFERED` input and output
-/// share it (the input is fully parsed before any output is written); its length is
-/// `max(input_len, output_len)`.
-pub struct Request<'a> {
+pub struct Request<'a, P> {
+    /// The file the request came on.
+    pub file: FileId,
     /// The IOCTL code.
     pub code: u32,
-    /// The system buffer.
+    /// The system buffer: for `METHOD_BUFFERED` input and output share it (input is
+    /// parsed before output is written) and it holds `max(input_len, output_len)`
+    /// bytes; for the direct methods it is the input.
     pub system: &'a mut [u8],
     /// Bytes of input in `system`.
     pub input_len: usize,
-    /// Bytes of output the caller accepts in `system`.
+    /// Bytes of output the caller accepts in `system` (0 for direct methods).
     pub output_len: usize,
+    /// The locked second buffer of a direct-method request.
+    pub direct: Option<DirectBuffer>,
+    /// The front end's token, used only if the request goes asynchronous.
+    pub pending: P,
+}
+
+/// What the front end does next.
+pub enum Disposition<P> {
+    /// Complete the request now with this outcome (the token is handed back).
+    Complete(Outcome, P),
+    /// The dispatcher owns the token and completes it (perhaps already did): the WDM
+    /// front end returns `STATUS_PENDING`.
+    Pending,
+}
+
+/// A front end's handle to one request that may complete asynchronously.
+pub trait PendingIo: Send + Sized + 'static {
+    /// Called before the dispatcher starts asynchronous work: prepare for asynchronous
+    /// completion (`IoMarkIrpPending`) and arm cancellation, which must lead to
+    /// [`Dispatcher::cancel`]`(file, id)`. Returns false if the request is already
+    /// cancelled; the dispatcher then completes it with `STATUS_CANCELLED`.
+    fn arm(&mut self, file: FileId, id: RequestId) -> bool;
+
+    /// Disarms cancellation and completes the request. Called exactly once, at
+    /// `IRQL <= DISPATCH_LEVEL`, possibly before `device_control` has returned.
+    fn complete(self, outcome: Outcome);
+}
+
+/// Front-end choices.
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    /// How multi-segment sends carve the direct buffer into an MDL chain.
+    pub carve: Carve,
+}
+
+struct Entry {
+    handle: u64,
+    file: FileId,
+    connection: Arc<Connection>,
+}
+
+struct PendingSend {
+    id: RequestId,
+    file: FileId,
+    handle: u64,
+    send: Option<SendId>,
+    cancel_requested: bool,
+}
+
+/// Driver-wide counters of connections that are closed already (live ones are summed
+/// from their own counters).
+#[derive(Default)]
+struct Closed {
+    sends: u64,
+    bytes: u64,
+    errors: u64,
 }
 
 /// The driver-wide dispatcher state.
-#[derive(Default)]
-pub struct Dispatcher {}
+pub struct Dispatcher<P: PendingIo> {
+    config: Config,
+    connections: SpinLock<Vec<Entry>>,
+    pending: SpinLock<Vec<PendingSend>>,
+    closed: SpinLock<Closed>,
+    next_handle: AtomicU64,
+    next_request: AtomicU64,
+    _token: core::marker::PhantomData<fn(P)>,
+}
 
-impl Dispatcher {
-    /// A dispatcher with no connections.
+fn wire_status(e: WireError) -> NTSTATUS {
+    match e {
+        WireError::Truncated => STATUS_BUFFER_TOO_SMALL,
+        WireError::BadVersion => STATUS_REVISION_MISMATCH,
+        WireError::Malformed => STATUS_INVALID_PARAMETER,
+    }
+}
+
+fn send_status(e: SendError) -> NTSTATUS {
+    match e {
+        SendError::Wire(w) => wire_status(w),
+        SendError::UnsupportedFlags => STATUS_NOT_SUPPORTED,
+        SendError::BadSegments => STATUS_INVALID_PARAMETER,
+    }
+}
+
+impl<P: PendingIo> Dispatcher<P> {
+    /// A dispatcher with no connections (usable in a `static`).
     #[must_use]
-    pub const fn new() -> Self {
-        Self {}
+    pub const fn new(config: Config) -> Self {
+        Self {
+            config,
+            connections: SpinLock::new(Vec::new()),
+            pending: SpinLock::new(Vec::new()),
+            closed: SpinLock::new(Closed {
+                sends: 0,
+                bytes: 0,
+                errors: 0,
+            }),
+            next_handle: AtomicU64::new(1),
+            next_request: AtomicU64::new(1),
+            _token: core::marker::PhantomData,
+        }
     }
 
     /// Handles one `IRP_MJ_DEVICE_CONTROL` request.
     ///
     /// # IRQL
-    /// `PASSIVE_LEVEL` (called from the front end's dispatch routine).
-    pub fn device_control(&self, request: Request<'_>) -> Outcome {
-        match Ioctl::from(request.code) {
-            Ioctl::GetVersion => get_version(request),
-            Ioctl::Unknown(_) => Outcome::fail(STATUS_INVALID_DEVICE_REQUEST),
+    /// `PASSIVE_LEVEL`.
+    pub fn device_control(&'static self, request: Request<'_, P>) -> Disposition<P> {
+        let code = Ioctl::from(request.code);
+        if code == Ioctl::Send {
+            return self.send(request);
+        }
+        let input_len = request.input_len.min(request.system.len());
+        let output_len = request.output_len;
+        let outcome = match code {
+            Ioctl::GetVersion => emit_out(request.system, output_len, |out| {
+                VersionInfo::current().emit(out)
+            }),
+            Ioctl::Connect => self.connect(request.file, request.system, input_len, output_len),
+            Ioctl::Close => self.close(request.file, &request.system[..input_len]),
+            Ioctl::Stats => self.stats(request.file, request.system, input_len, output_len),
+            Ioctl::Send | Ioctl::Unknown(_) => Outcome::fail(STATUS_INVALID_DEVICE_REQUEST),
+        };
+        Disposition::Complete(outcome, request.pending)
+    }
+
+    fn connect(
+        &self,
+        file: FileId,
+        system: &mut [u8],
+        input_len: usize,
+        output_len: usize,
+    ) -> Outcome {
+        let req = match ConnectRequest::parse(&system[..input_len]) {
+            Ok(r) => r,
+            Err(e) => return Outcome::fail(wire_status(e)),
+        };
+        if output_len < ConnectReply::WIRE_SIZE || system.len() < ConnectReply::WIRE_SIZE {
+            return Outcome::fail(STATUS_BUFFER_TOO_SMALL);
+        }
+        let defaults = ConnectOptions::default();
+        let options = ConnectOptions {
+            nodelay: req.flags & CONNECT_NODELAY != 0,
+            max_posted: if req.max_posted == 0 {
+                defaults.max_posted
+            } else {
+                req.max_posted as usize
+            },
+            connect_timeout: if req.timeout_ms == 0 {
+                defaults.connect_timeout
+            } else {
+                Duration::from_millis(u64::from(req.timeout_ms))
+            },
+        };
+        let connection = match global::with_client(|c| c.connect(req.remote, &options)) {
+            Ok(c) => c,
+            Err(e) => return Outcome::fail(e.status()),
+        };
+        let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut table = self.connections.lock();
+            if table.try_reserve(1).is_err() {
+                drop(table);
+                let _ = global::with_client(|c| c.close(&connection));
+                return Outcome::fail(STATUS_INSUFFICIENT_RESOURCES);
+            }
+            table.push(Entry {
+                handle,
+                file,
+                connection,
+            });
+        }
+        emit_out(system, output_len, |out| ConnectReply { handle }.emit(out))
+    }
+
+    /// The connection `handle` if it belongs to `file`.
+    fn lookup(&self, file: FileId, handle: u64) -> Option<Arc<Connection>> {
+        self.connections
+            .lock()
+            .iter()
+            .find(|e| e.handle == handle && e.file == file)
+            .map(|e| Arc::clone(&e.connection))
+    }
+
+    fn close(&self, file: FileId, input: &[u8]) -> Outcome {
+        let req = match HandleRequest::parse(input) {
+            Ok(r) => r,
+            Err(e) => return Outcome::fail(wire_status(e)),
+        };
+        let entry = {
+            let mut table = self.connections.lock();
+            table
+                .iter()
+                .position(|e| e.handle == req.handle && e.file == file)
+                .map(|i| table.swap_remove(i))
+        };
+        match entry {
+            Some(entry) => {
+                self.retire(&entry.connection);
+                Outcome::ok(0)
+            }
+            None => Outcome::fail(STATUS_INVALID_HANDLE),
         }
     }
-}
 
-fn get_version(request: Request<'_>) -> Outcome {
-    let Some(out) = request.system.get_mut(..request.output_len) else {
-        return Outcome::fail(STATUS_BUFFER_TOO_SMALL);
-    };
-    match VersionInfo::current().emit(out) {
-        Ok(written) => Outcome::ok(written),
-        Err(_) => Outcome::fail(STATUS_BUFFER_TOO_SMALL),
+    /// Closes a connection taken out of the table (its pending sends complete) and
+    /// keeps its counters.
+    fn retire(&self, connection: &Arc<Connection>) {
+        let result = match global::with_client(|c| c.close(connection)) {
+            Err(e) if e == Error::NOT_READY => connection.close(),
+            other => other,
+        };
+        let _ = result;
+        let s = connection.stats();
+        let mut closed = self.closed.lock();
+        closed.sends += s.sends;
+        closed.bytes += s.bytes;
+        closed.errors += s.errors;
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use wsksend_protocol::IOCTL_WSKSEND_GET_VERSION;
+    fn stats(
+        &self,
+        file: FileId,
+        system: &mut [u8],
+        input_len: usize,
+        output_len: usize,
+    ) -> Outcome {
+        let req = match HandleRequest::parse(&system[..input_len]) {
+            Ok(r) => r,
+            Err(e) => return Outcome::fail(wire_status(e)),
+        };
+        let stats = if req.handle == 0 {
+            let live: Vec<Arc<Connection>> = self
+                .connections
+                .lock()
+                .iter()
+                .map(|e| Arc::clone(&e.connection))
+                .collect();
+            let closed = self.closed.lock();
+            let mut total = Stats {
+                // CAST: a count of live objects.
+                connections: live.len() as u64,
+                sends: closed.sends,
+                bytes: closed.bytes,
+                errors: closed.errors,
+                in_flight: 0,
+            };
+            drop(closed);
+            for c in &live {
+                let s = c.stats();
+                total.sends += s.sends;
+                total.bytes += s.bytes;
+                total.errors += s.errors;
+                total.in_flight += s.in_flight;
+            }
+            total
+        } else {
+            let Some(c) = self.lookup(file, req.handle) else {
+                return Outcome::fail(STATUS_INVALID_HANDLE);
+            };
+            let s = c.stats();
+            Stats {
+                connections: 1,
+                sends: s.sends,
+                bytes: s.bytes,
+                errors: s.errors,
+                in_flight: s.in_flight,
+            }
+        };
+        emit_out(system, output_len, |out| stats.emit(out))
+    }
 
-    fn call(code: u32, system: &mut [u8], input_len: usize, output_len: usize) -> Outcome {
-        Dispatcher::new().device_control(Request {
-            code,
+    fn send(&'static self, request: Request<'_, P>) -> Disposition<P> {
+        let Request {
+            file,
             system,
             input_len,
-            output_len,
-        })
+            direct,
+            mut pending,
+            ..
+        } = request;
+        let input = &system[..input_len.min(system.len())];
+        let Some(direct) = direct.filter(|d| d.len > 0) else {
+            return Disposition::Complete(Outcome::fail(STATUS_INVALID_PARAMETER), pending);
+        };
+        let req = match SendRequest::parse(input, direct.len) {
+            Ok(r) => r,
+            Err(e) => return Disposition::Complete(Outcome::fail(send_status(e)), pending),
+        };
+        let Some(connection) = self.lookup(file, req.handle) else {
+            return Disposition::Complete(Outcome::fail(STATUS_INVALID_HANDLE), pending);
+        };
+        let mut segments = [Segment { offset: 0, len: 0 }; MAX_SEGMENTS];
+        let count = req.segment_count();
+        for (slot, s) in segments.iter_mut().zip(req.segments()) {
+            *slot = Segment {
+                offset: s.offset,
+                len: s.len,
+            };
+        }
+        let flags = if req.flags & SEND_NODELAY != 0 {
+            WSK_FLAG_NODELAY
+        } else {
+            0
+        };
+        // Register the request (limit per file), then arm cancellation.
+        let id = RequestId(self.next_request.fetch_add(1, Ordering::Relaxed));
+        {
+            let mut table = self.pending.lock();
+            if table.iter().filter(|p| p.file == file).count() >= MAX_PENDING_PER_HANDLE
+                || table.try_reserve(1).is_err()
+            {
+                return Disposition::Complete(
+                    Outcome::fail(STATUS_INSUFFICIENT_RESOURCES),
+                    pending,
+                );
+            }
+            table.push(PendingSend {
+                id,
+                file,
+                handle: req.handle,
+                send: None,
+                cancel_requested: false,
+            });
+        }
+        if !pending.arm(file, id) {
+            self.forget(id);
+            return Disposition::Complete(Outcome::fail(STATUS_CANCELLED), pending);
+        }
+        let completion = Completion::Closure(Box::new(move |result| {
+            self.forget(id);
+            pending.complete(Outcome {
+                status: result.status,
+                information: if NT_SUCCESS(result.status) {
+                    result.bytes
+                } else {
+                    0
+                },
+            });
+        }));
+        let payload = Payload::Segments {
+            master: direct.mdl,
+            segments: &segments[..count],
+            carve: self.config.carve,
+        };
+        match engine_send(&connection, payload, flags, completion) {
+            Ok(send_id) => {
+                let cancel_now = {
+                    let mut table = self.pending.lock();
+                    table.iter_mut().find(|p| p.id == id).is_some_and(|p| {
+                        p.send = Some(send_id);
+                        p.cancel_requested
+                    })
+                };
+                if cancel_now {
+                    cancel_send(&connection, send_id);
+                }
+            }
+            Err(refused) => {
+                // Refused before queuing: report through the completion handed back.
+                refused.completion.run(SendResult {
+                    status: refused.error.status(),
+                    bytes: 0,
+                });
+            }
+        }
+        Disposition::Pending
     }
 
-    #[test]
-    fn get_version_writes_current_version() {
-        let mut buf = [0xa5u8; 32];
-        let out = call(IOCTL_WSKSEND_GET_VERSION, &mut buf, 0, 32);
-        assert_eq!(out, Outcome::ok(VersionInfo::WIRE_SIZE));
-        assert_eq!(VersionInfo::parse(&buf).unwrap(), VersionInfo::current());
-        assert_eq!(&buf[16..], &[0xa5; 16]);
+    fn forget(&self, id: RequestId) {
+        let mut table = self.pending.lock();
+        if let Some(i) = table.iter().position(|p| p.id == id) {
+            table.swap_remove(i);
+        }
     }
 
-    #[test]
-    fn get_version_short_output_writes_nothing() {
-        let mut buf = [0xa5u8; 32];
-        let out = call(IOCTL_WSKSEND_GET_VERSION, &mut buf, 0, 15);
-        assert_eq!(out, Outcome::fail(STATUS_BUFFER_TOO_SMALL));
-        assert_eq!(buf, [0xa5; 32]);
+    /// Cancels the pending request `id` of `file` (from the front end's cancel routine).
+    /// A send still queued completes with `STATUS_CANCELLED`; one with the provider gets
+    /// `IoCancelIrp`, and where the provider cannot cancel (Wine), its connection is
+    /// closed, which completes its pending sends as cancelled.
+    ///
+    /// # IRQL
+    /// <= `DISPATCH_LEVEL`.
+    pub fn cancel(&self, file: FileId, id: RequestId) {
+        let target = {
+            let mut table = self.pending.lock();
+            let Some(p) = table.iter_mut().find(|p| p.id == id && p.file == file) else {
+                return;
+            };
+            match p.send {
+                Some(send) => Some((p.handle, send)),
+                None => {
+                    // Not handed to the engine yet: `send` cancels it right after.
+                    p.cancel_requested = true;
+                    None
+                }
+            }
+        };
+        if let Some((handle, send)) = target
+            && let Some(connection) = self.lookup(file, handle)
+        {
+            cancel_send(&connection, send);
+        }
     }
 
-    #[test]
-    fn get_version_output_len_beyond_buffer_is_rejected() {
-        // A front end bug (lengths larger than the buffer) must not panic.
-        let mut buf = [0u8; 8];
-        let out = call(IOCTL_WSKSEND_GET_VERSION, &mut buf, 0, 64);
-        assert_eq!(out, Outcome::fail(STATUS_BUFFER_TOO_SMALL));
+    /// `IRP_MJ_CLEANUP` (and `IRP_MJ_CLOSE`, which is all Wine sends): closes every
+    /// connection of `file`; their pending sends complete first. Idempotent.
+    ///
+    /// # IRQL
+    /// `PASSIVE_LEVEL`.
+    pub fn cleanup(&self, file: FileId) {
+        let mine: Vec<Entry> = {
+            let mut table = self.connections.lock();
+            let mut taken = Vec::new();
+            let mut i = 0;
+            while i < table.len() {
+                if table[i].file == file {
+                    taken.push(table.swap_remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+            taken
+        };
+        for entry in &mine {
+            self.retire(&entry.connection);
+        }
     }
 
-    #[test]
-    fn unknown_code_is_invalid_device_request() {
-        let mut buf = [0u8; 16];
-        let out = call(0x8A57_2FFC, &mut buf, 16, 16);
-        assert_eq!(out, Outcome::fail(STATUS_INVALID_DEVICE_REQUEST));
+    /// Unload: closes every connection of every file.
+    ///
+    /// # IRQL
+    /// `PASSIVE_LEVEL`.
+    pub fn shutdown(&self) {
+        let all = core::mem::take(&mut *self.connections.lock());
+        for entry in &all {
+            self.retire(&entry.connection);
+        }
+    }
+
+    /// Open connections.
+    #[must_use]
+    pub fn connection_count(&self) -> usize {
+        self.connections.lock().len()
+    }
+}
+
+#[expect(
+    unsafe_code,
+    reason = "the engine's send borrows the locked direct buffer"
+)]
+fn engine_send(
+    connection: &Arc<Connection>,
+    payload: Payload<'_>,
+    flags: u32,
+    completion: Completion,
+) -> Result<SendId, Refused> {
+    // SAFETY: the direct buffer (the payload's master MDL) belongs to the request,
+    // which stays pending — so the MDL stays locked — until `completion` runs.
+    unsafe { connection.send(payload, flags, completion) }
+}
+
+fn cancel_send(connection: &Arc<Connection>, send: SendId) {
+    if connection.cancel(send) == CancelOutcome::NotHonoured {
+        // The provider cannot cancel a posted send: closing the socket completes it.
+        connection.begin_close();
+    }
+}
+
+/// Writes output with `emit` if the caller's output buffer can take it; never writes
+/// a partial struct.
+fn emit_out(
+    system: &mut [u8],
+    output_len: usize,
+    emit: impl FnOnce(&mut [u8]) -> Result<usize, WireError>,
+) -> Outcome {
+    let Some(out) = system.get_mut(..output_len) else {
+        return Outcome::fail(STATUS_BUFFER_TOO_SMALL);
+    };
+    match emit(out) {
+        Ok(n) => Outcome::ok(n),
+        Err(_) => Outcome::fail(STATUS_BUFFER_TOO_SMALL),
     }
 }

@@ -96,8 +96,24 @@ pub enum Completion {
 // documents that the callback may run on any thread.
 unsafe impl Send for Completion {}
 
+/// A send the connection refused before queuing it: the error and the completion,
+/// handed back unrun (the caller reports the error its own way).
+pub struct Refused {
+    /// Why.
+    pub error: Error,
+    /// The completion, not run.
+    pub completion: Completion,
+}
+
+impl From<Refused> for Error {
+    fn from(r: Refused) -> Self {
+        r.error
+    }
+}
+
 impl Completion {
-    fn run(self, result: SendResult) {
+    /// Runs the completion with `result`.
+    pub fn run(self, result: SendResult) {
         match self {
             // SAFETY: the exported API's contract: `routine` accepts `context` and any result.
             Self::Callback { routine, context } => unsafe {
@@ -332,7 +348,53 @@ impl Connection {
         payload: Payload<'_>,
         flags: u32,
         completion: Completion,
-    ) -> Result<SendId> {
+    ) -> core::result::Result<SendId, Refused> {
+        // SAFETY: forwarded from the caller's contract.
+        let op = match unsafe { self.build(payload, flags) } {
+            Ok(op) => op,
+            Err(error) => return Err(Refused { error, completion }),
+        };
+        // The completion moves in only once the op exists, so a refusal can hand it back.
+        let mut op = match PoolBox::try_new(op) {
+            Ok(op) => op,
+            Err(error) => return Err(Refused { error, completion }),
+        };
+        op.completion = Some(completion);
+        let id = op.id;
+        {
+            let mut st = self.state.lock();
+            if st.closing {
+                drop(st);
+                if let Some(completion) = op.completion.take() {
+                    return Err(Refused {
+                        error: Error::NOT_CONNECTED,
+                        completion,
+                    });
+                }
+                return Err(Refused {
+                    error: Error::NOT_CONNECTED,
+                    completion: Completion::Closure(Box::new(|_| {})),
+                });
+            }
+            let op = PoolBox::into_raw(op);
+            if st.tail.is_null() {
+                st.head = op;
+            } else {
+                // SAFETY: `tail` is a queued op owned by the queue (lock held).
+                unsafe { (*st.tail).next = op };
+            }
+            st.tail = op;
+            st.queued += 1;
+        }
+        self.pump();
+        Ok(SendId(id))
+    }
+
+    /// Builds an op (without its completion) for `payload`.
+    ///
+    /// # Safety
+    /// As for [`Self::send`].
+    unsafe fn build(self: &Arc<Self>, payload: Payload<'_>, flags: u32) -> Result<SendOp> {
         if flags & !SEND_FLAGS != 0 {
             return Err(Error::INVALID_PARAMETER);
         }
@@ -349,37 +411,19 @@ impl Connection {
             Some(irp) => irp,
             None => Irp::new()?,
         };
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let op = PoolBox::try_new(SendOp {
+        Ok(SendOp {
             next: ptr::null_mut(),
-            id,
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
             conn: Arc::clone(self),
             irp: Some(irp),
             buf,
             chain,
             owned,
             flags,
-            completion: Some(completion),
+            completion: None,
             refs: AtomicU8::new(0),
             stage: AtomicU8::new(QUEUED),
-        })?;
-        {
-            let mut st = self.state.lock();
-            if st.closing {
-                return Err(Error::NOT_CONNECTED);
-            }
-            let op = PoolBox::into_raw(op);
-            if st.tail.is_null() {
-                st.head = op;
-            } else {
-                // SAFETY: `tail` is a queued op owned by the queue (lock held).
-                unsafe { (*st.tail).next = op };
-            }
-            st.tail = op;
-            st.queued += 1;
-        }
-        self.pump();
-        Ok(SendId(id))
+        })
     }
 
     /// Sends `data` (copied into an owned buffer) and waits for the result.
@@ -437,7 +481,7 @@ impl Connection {
             signal.event.set();
         }));
         // SAFETY: forwarded from the caller's contract; we wait for completion below.
-        let id = unsafe { self.send(payload, flags, completion)? };
+        let id = unsafe { self.send(payload, flags, completion) }.map_err(|r| r.error)?;
         let mut timed_out = false;
         if !waiter.event.wait(limit) {
             timed_out = true;

@@ -175,6 +175,7 @@ pub unsafe extern "system" fn WsksSendMdl(
         };
         // SAFETY: the caller keeps the chain locked until completion.
         unsafe { conn.send(payload, flags, Completion::Callback { routine, context }) }
+            .map_err(Error::from)
     }))
 }
 
@@ -227,6 +228,7 @@ pub unsafe extern "system" fn WsksSendBuffers(
                 Completion::Callback { routine, context },
             )
         }
+        .map_err(Error::from)
     }))
 }
 

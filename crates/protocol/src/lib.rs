@@ -62,11 +62,49 @@ pub const fn method_of(code: u32) -> u32 {
 pub const IOCTL_WSKSEND_GET_VERSION: u32 =
     ctl_code(FILE_DEVICE_WSKSEND, 0x800, METHOD_BUFFERED, FILE_ANY_ACCESS);
 
+/// Opens a TCP connection: [`ConnectRequest`] in, [`ConnectReply`] out.
+pub const IOCTL_WSKSEND_CONNECT: u32 = ctl_code(
+    FILE_DEVICE_WSKSEND,
+    0x801,
+    METHOD_BUFFERED,
+    FILE_READ_DATA | FILE_WRITE_DATA,
+);
+
+/// Sends: [`SendRequest`] header and segment table in the input buffer; the payload is
+/// the second ("output") buffer, locked by the I/O manager (`METHOD_IN_DIRECT`) and
+/// sent without a copy. Completes with the bytes sent as the returned byte count.
+pub const IOCTL_WSKSEND_SEND: u32 = ctl_code(
+    FILE_DEVICE_WSKSEND,
+    0x802,
+    METHOD_IN_DIRECT,
+    FILE_WRITE_DATA,
+);
+
+/// Closes a connection: [`HandleRequest`] in. Its pending sends complete first.
+pub const IOCTL_WSKSEND_CLOSE: u32 = ctl_code(
+    FILE_DEVICE_WSKSEND,
+    0x803,
+    METHOD_BUFFERED,
+    FILE_READ_DATA | FILE_WRITE_DATA,
+);
+
+/// Counters: [`HandleRequest`] in (handle 0: the whole driver), [`Stats`] out.
+pub const IOCTL_WSKSEND_STATS: u32 =
+    ctl_code(FILE_DEVICE_WSKSEND, 0x804, METHOD_BUFFERED, FILE_ANY_ACCESS);
+
 /// An IOCTL code as the driver understands it; anything else is `Unknown`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ioctl {
     /// [`IOCTL_WSKSEND_GET_VERSION`].
     GetVersion,
+    /// [`IOCTL_WSKSEND_CONNECT`].
+    Connect,
+    /// [`IOCTL_WSKSEND_SEND`].
+    Send,
+    /// [`IOCTL_WSKSEND_CLOSE`].
+    Close,
+    /// [`IOCTL_WSKSEND_STATS`].
+    Stats,
     /// A code this driver does not implement (fails with `STATUS_INVALID_DEVICE_REQUEST`).
     Unknown(u32),
 }
@@ -75,6 +113,10 @@ impl From<u32> for Ioctl {
     fn from(code: u32) -> Self {
         match code {
             IOCTL_WSKSEND_GET_VERSION => Self::GetVersion,
+            IOCTL_WSKSEND_CONNECT => Self::Connect,
+            IOCTL_WSKSEND_SEND => Self::Send,
+            IOCTL_WSKSEND_CLOSE => Self::Close,
+            IOCTL_WSKSEND_STATS => Self::Stats,
             other => Self::Unknown(other),
         }
     }
@@ -84,6 +126,10 @@ impl From<Ioctl> for u32 {
     fn from(ioctl: Ioctl) -> Self {
         match ioctl {
             Ioctl::GetVersion => IOCTL_WSKSEND_GET_VERSION,
+            Ioctl::Connect => IOCTL_WSKSEND_CONNECT,
+            Ioctl::Send => IOCTL_WSKSEND_SEND,
+            Ioctl::Close => IOCTL_WSKSEND_CLOSE,
+            Ioctl::Stats => IOCTL_WSKSEND_STATS,
             Ioctl::Unknown(code) => code,
         }
     }
@@ -199,15 +245,18 @@ impl VersionInfo {
 
 const _: () = assert!(version_field::RESERVED.end == VersionInfo::WIRE_SIZE);
 
+mod wire;
+pub use wire::*;
+
 /// Reads a little-endian `u32` from a 4-byte range the caller has bounds-checked.
-fn read_u32(buf: &[u8], range: core::ops::Range<usize>) -> u32 {
+pub(crate) fn read_u32(buf: &[u8], range: core::ops::Range<usize>) -> u32 {
     let mut bytes = [0u8; 4];
     bytes.copy_from_slice(&buf[range]);
     u32::from_le_bytes(bytes)
 }
 
 /// Reads a little-endian `u16` from a 2-byte range the caller has bounds-checked.
-fn read_u16(buf: &[u8], range: core::ops::Range<usize>) -> u16 {
+pub(crate) fn read_u16(buf: &[u8], range: core::ops::Range<usize>) -> u16 {
     let mut bytes = [0u8; 2];
     bytes.copy_from_slice(&buf[range]);
     u16::from_le_bytes(bytes)

@@ -12,9 +12,9 @@ mod runtime;
 use core::ptr;
 use core::sync::atomic::{AtomicPtr, Ordering};
 
-use wsksend_dispatch::{Dispatcher, Outcome, Request};
+use wsksend_dispatch::{Carve, Config, Dispatcher, Disposition, FileId, Outcome, Request};
 use wsksend_ffi::inline::IoGetCurrentIrpStackLocation;
-use wsksend_ffi::status::{STATUS_INVALID_PARAMETER, STATUS_SUCCESS};
+use wsksend_ffi::status::{STATUS_INVALID_PARAMETER, STATUS_PENDING, STATUS_SUCCESS};
 use wsksend_ffi::{
     DEVICE_OBJECT, DRIVER_OBJECT, FALSE, FILE_DEVICE_SECURE_OPEN, IO_NO_INCREMENT, IO_STATUS_BLOCK,
     IRP, IRP_MJ_CLEANUP, IRP_MJ_CLOSE, IRP_MJ_CREATE, IRP_MJ_DEVICE_CONTROL, IoCreateDevice,
@@ -31,8 +31,16 @@ static DOS_DEVICE_NAME: [u16; protocol::DOS_DEVICE_NAME.len()] =
 /// The one device object; set by `DriverEntry`, read by `DriverUnload`.
 static DEVICE: AtomicPtr<DEVICE_OBJECT> = AtomicPtr::new(ptr::null_mut());
 
-/// Driver-wide dispatcher state shared by every request.
-static DISPATCHER: Dispatcher = Dispatcher::new();
+/// Driver-wide dispatcher state shared by every request. Multi-segment sends carve
+/// the direct buffer through its system address: Wine copies IOCTL buffers into the
+/// driver host's heap and stubs `IoBuildPartialMdl` (the KMDF front end, for Windows,
+/// uses partial MDLs).
+static DISPATCHER: Dispatcher<IrpToken> = Dispatcher::new(Config {
+    carve: Carve::SystemVa,
+});
+
+mod token;
+use token::IrpToken;
 
 /// A `UNICODE_STRING` over one of the static names above.
 fn unicode(name: &'static [u16]) -> UNICODE_STRING {
@@ -110,9 +118,9 @@ pub unsafe extern "system" fn driver_entry(
 
     // SAFETY: DriverEntry owns the driver object until it returns.
     let driver = unsafe { &mut *driver };
-    driver.MajorFunction[IRP_MJ_CREATE] = Some(dispatch_create_close);
-    driver.MajorFunction[IRP_MJ_CLOSE] = Some(dispatch_create_close);
-    driver.MajorFunction[IRP_MJ_CLEANUP] = Some(dispatch_create_close);
+    driver.MajorFunction[IRP_MJ_CREATE] = Some(dispatch_create);
+    driver.MajorFunction[IRP_MJ_CLOSE] = Some(dispatch_cleanup_close);
+    driver.MajorFunction[IRP_MJ_CLEANUP] = Some(dispatch_cleanup_close);
     driver.MajorFunction[IRP_MJ_DEVICE_CONTROL] = Some(dispatch_device_control);
     driver.DriverUnload = Some(driver_unload);
     log!("WskSend: loaded\n");
@@ -122,6 +130,7 @@ pub unsafe extern "system" fn driver_entry(
 /// `DriverUnload`: removes the symbolic link and the device.
 unsafe extern "system" fn driver_unload(_driver: *mut DRIVER_OBJECT) {
     // Every connection closes (pending sends complete) before WskDeregister (rule 8).
+    DISPATCHER.shutdown();
     wsksend_engine::global::stop();
     let mut link = unicode(&DOS_DEVICE_NAME);
     // SAFETY: the link was created in DriverEntry.
@@ -139,7 +148,7 @@ unsafe extern "system" fn driver_unload(_driver: *mut DRIVER_OBJECT) {
 ///
 /// # Safety
 /// `irp` is a live IRP dispatched to us that no one else will complete.
-unsafe fn complete(irp: *mut IRP, outcome: Outcome) -> NTSTATUS {
+pub(crate) unsafe fn complete(irp: *mut IRP, outcome: Outcome) -> NTSTATUS {
     // SAFETY: we own the IRP until IofCompleteRequest.
     let irp_ref = unsafe { &mut *irp };
     irp_ref.IoStatus = IO_STATUS_BLOCK::new(outcome.status, outcome.information);
@@ -148,12 +157,32 @@ unsafe fn complete(irp: *mut IRP, outcome: Outcome) -> NTSTATUS {
     outcome.status
 }
 
-/// `IRP_MJ_CREATE`, `IRP_MJ_CLEANUP`, `IRP_MJ_CLOSE`: nothing to set up yet.
-unsafe extern "system" fn dispatch_create_close(
+/// `IRP_MJ_CREATE`: nothing to set up; connections are created by CONNECT.
+unsafe extern "system" fn dispatch_create(_device: *mut DEVICE_OBJECT, irp: *mut IRP) -> NTSTATUS {
+    // SAFETY: the I/O manager hands us a live IRP to complete.
+    unsafe { complete(irp, Outcome::ok(0)) }
+}
+
+/// The file a request came on.
+///
+/// # Safety
+/// `irp` is a live IRP dispatched to us.
+unsafe fn file_of(irp: *mut IRP) -> FileId {
+    // SAFETY: a dispatched IRP has a current stack location.
+    let stack = unsafe { IoGetCurrentIrpStackLocation(irp) };
+    // SAFETY: as above; reading its FileObject field.
+    FileId(unsafe { (*stack).FileObject } as usize)
+}
+
+/// `IRP_MJ_CLEANUP` and `IRP_MJ_CLOSE`: close the file's connections (their pending
+/// sends complete first). Wine sends only CLOSE, so both do it; it is idempotent.
+unsafe extern "system" fn dispatch_cleanup_close(
     _device: *mut DEVICE_OBJECT,
     irp: *mut IRP,
 ) -> NTSTATUS {
-    // SAFETY: the I/O manager hands us a live IRP to complete.
+    // SAFETY: the I/O manager hands us a live IRP.
+    DISPATCHER.cleanup(unsafe { file_of(irp) });
+    // SAFETY: we own the IRP and complete it once.
     unsafe { complete(irp, Outcome::ok(0)) }
 }
 
@@ -170,15 +199,24 @@ unsafe extern "system" fn dispatch_device_control(
     let code = params.IoControlCode;
     let input_len = params.InputBufferLength as usize;
     let output_len = params.OutputBufferLength as usize;
+    // SAFETY: a live IRP dispatched to us.
+    let irp_ref = unsafe { &*irp };
     // The system buffer holds max(in, out) bytes for METHOD_BUFFERED and the input for
-    // the direct methods; METHOD_NEITHER is never used by this interface.
-    let (system_len, output_len) = match protocol::method_of(code) {
-        protocol::METHOD_BUFFERED => (input_len.max(output_len), output_len),
-        protocol::METHOD_IN_DIRECT | protocol::METHOD_OUT_DIRECT => (input_len, 0),
-        _ => (0, 0),
+    // the direct methods, whose second buffer is the locked MDL; METHOD_NEITHER is
+    // never used by this interface.
+    let (system_len, output_len, direct) = match protocol::method_of(code) {
+        protocol::METHOD_BUFFERED => (input_len.max(output_len), output_len, None),
+        protocol::METHOD_IN_DIRECT | protocol::METHOD_OUT_DIRECT => (
+            input_len,
+            0,
+            ptr::NonNull::new(irp_ref.MdlAddress).map(|mdl| wsksend_dispatch::DirectBuffer {
+                mdl,
+                len: output_len,
+            }),
+        ),
+        _ => (0, 0, None),
     };
-    // SAFETY: reading a field of the live IRP.
-    let system_ptr = unsafe { (*irp).SystemBuffer }.cast::<u8>();
+    let system_ptr = irp_ref.SystemBuffer.cast::<u8>();
     let system: &mut [u8] = if system_len == 0 {
         &mut []
     } else if system_ptr.is_null() {
@@ -189,12 +227,18 @@ unsafe extern "system" fn dispatch_device_control(
         // for this method; we own it until the IRP completes, and nothing else aliases it.
         unsafe { core::slice::from_raw_parts_mut(system_ptr, system_len) }
     };
-    let outcome = DISPATCHER.device_control(Request {
+    let request = Request {
+        file: FileId(stack.FileObject as usize),
         code,
         system,
         input_len,
         output_len,
-    });
-    // SAFETY: we own the IRP and complete it once.
-    unsafe { complete(irp, outcome) }
+        direct,
+        // SAFETY: the IRP is live and ours until completed through this token.
+        pending: unsafe { IrpToken::new(irp) },
+    };
+    match DISPATCHER.device_control(request) {
+        Disposition::Complete(outcome, token) => token.finish_now(outcome),
+        Disposition::Pending => STATUS_PENDING,
+    }
 }
