@@ -4,7 +4,9 @@
 //! The Windows-only parts (device access, scenarios) compile only for Windows targets;
 //! the result format is plain Rust so `xtask` can parse it on the host.
 
+pub mod pattern;
 pub mod report;
+pub mod sink;
 
 #[cfg(windows)]
 pub mod device;

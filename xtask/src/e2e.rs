@@ -144,6 +144,45 @@ fn json_string(s: &str) -> String {
 
 const LOG_WAIT: Duration = Duration::from_secs(10);
 
+/// Harness scenarios that send data through the driver to the harness's sink (one
+/// harness run each, so a hang costs one scenario, not the suite).
+const DATA_SCENARIOS: &[&str] = &[
+    "send-sizes",
+    "inflight-8",
+    "inflight-64",
+    "multi-connection",
+    "nodelay",
+    "multi-segment",
+    "bad-input",
+    "stats",
+    "peer-reset",
+    "cancel",
+    "close-handle",
+];
+
+/// `cargo xtask e2e NAME...`: load the driver and run the named harness scenarios
+/// (a developer's loop; `cargo xtask test` runs them all).
+pub fn scenarios(names: &[String]) -> Result {
+    let wine = prepare()?;
+    let started = wine.sc(&["start", SERVICE])?;
+    if !started.success() {
+        return Err(format!("sc start failed: {}", started.stdout.trim()));
+    }
+    let mut results = Results::default();
+    for name in names {
+        results.harness(&wine, &[name.as_str()]);
+    }
+    let _ = wine.sc(&["stop", SERVICE]);
+    let failed = results.0.iter().filter(|r| !r.passed).count();
+    if failed == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "{failed} scenario(s) failed; see target/e2e/driver.log"
+        ))
+    }
+}
+
 /// `cargo xtask test` (Wine part): every scenario, a JSON report and the summary line.
 pub fn test() -> Result {
     let wine = prepare()?;
@@ -162,6 +201,9 @@ pub fn test() -> Result {
     );
 
     results.harness(&wine, &["version", "unknown-ioctl", "short-output"]);
+    for name in DATA_SCENARIOS {
+        results.harness(&wine, &[name]);
+    }
 
     let stopped = wine.sc(&["stop", SERVICE])?;
     let state = wine.service_state()?;

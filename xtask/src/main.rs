@@ -27,8 +27,9 @@ fn main() -> ExitCode {
         "run" => e2e::run(),
         "test" => test(),
         "build" => deps::ensure().and_then(|()| artifacts::build().map(|_| ())),
+        "e2e" => e2e::scenarios(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask run | test | build");
+            eprintln!("usage: cargo xtask run | test | build | e2e SCENARIO...");
             return ExitCode::from(2);
         }
     };

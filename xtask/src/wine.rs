@@ -27,6 +27,9 @@ const DLL_OVERRIDES: &str = "mscoree,mshtml=;bcryptprimitives=n,b";
 /// Limit for one Wine command (prefix creation takes ~10 s on a cold machine).
 const COMMAND_LIMIT: Duration = Duration::from_secs(180);
 
+/// Limit for one harness run (a data scenario moves up to 64 MiB through Wine).
+const HARNESS_LIMIT: Duration = Duration::from_secs(300);
+
 /// A running Wine prefix.
 pub struct Wine {
     prefix: PathBuf,
@@ -70,9 +73,14 @@ impl Wine {
 
     /// Runs `wine program args..`, stdout captured, stderr to the log.
     pub fn run(&self, program: &str, args: &[&str]) -> Result<Output> {
+        self.run_limited(program, args, COMMAND_LIMIT)
+    }
+
+    /// As [`Self::run`] with a time limit.
+    pub fn run_limited(&self, program: &str, args: &[&str], limit: Duration) -> Result<Output> {
         let mut cmd = self.command("wine")?;
         cmd.arg(program).args(args);
-        run_captured(cmd, COMMAND_LIMIT)
+        run_captured(cmd, limit)
     }
 
     /// Copies the binaries into `C:\wsksend\` and registers the driver as a
@@ -119,7 +127,7 @@ impl Wine {
     /// Runs the harness with `args` (from `C:\wsksend`, beside the shim DLL).
     pub fn harness(&self, args: &[&str]) -> Result<Output> {
         let exe = format!("C:\\{INSTALL_DIR}\\wsksend-harness.exe");
-        self.run(&exe, args)
+        self.run_limited(&exe, args, HARNESS_LIMIT)
     }
 
     /// Waits up to `limit` for `needle` to appear in the log (Wine processes write it

@@ -147,6 +147,19 @@ struct Entry {
     connection: Arc<Connection>,
 }
 
+/// What the front end must do after [`Dispatcher::cancel`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub enum CancelAction {
+    /// Nothing more.
+    Done,
+    /// The provider cannot cancel the send, so its connection must be closed; that may
+    /// block in some providers (Wine's `WskCloseSocket` waits for its workers), so it
+    /// must not happen in the cancel routine. Queue a work item that calls
+    /// [`Dispatcher::run_deferred`] at `PASSIVE_LEVEL`.
+    RunDeferred,
+}
+
 struct PendingSend {
     id: RequestId,
     file: FileId,
@@ -170,6 +183,7 @@ pub struct Dispatcher<P: PendingIo> {
     connections: SpinLock<Vec<Entry>>,
     pending: SpinLock<Vec<PendingSend>>,
     closed: SpinLock<Closed>,
+    aborts: SpinLock<Vec<Arc<Connection>>>,
     next_handle: AtomicU64,
     next_request: AtomicU64,
     _token: core::marker::PhantomData<fn(P)>,
@@ -204,6 +218,7 @@ impl<P: PendingIo> Dispatcher<P> {
                 bytes: 0,
                 errors: 0,
             }),
+            aborts: SpinLock::new(Vec::new()),
             next_handle: AtomicU64::new(1),
             next_request: AtomicU64::new(1),
             _token: core::marker::PhantomData,
@@ -462,7 +477,11 @@ impl<P: PendingIo> Dispatcher<P> {
                     })
                 };
                 if cancel_now {
-                    cancel_send(&connection, send_id);
+                    // Cancelled while being handed over: nothing armed a work item for
+                    // us, and we are at PASSIVE_LEVEL, so close right here if needed.
+                    if self.cancel_send(connection, send_id) == CancelAction::RunDeferred {
+                        self.run_deferred();
+                    }
                 }
             }
             Err(refused) => {
@@ -485,16 +504,17 @@ impl<P: PendingIo> Dispatcher<P> {
 
     /// Cancels the pending request `id` of `file` (from the front end's cancel routine).
     /// A send still queued completes with `STATUS_CANCELLED`; one with the provider gets
-    /// `IoCancelIrp`, and where the provider cannot cancel (Wine), its connection is
-    /// closed, which completes its pending sends as cancelled.
+    /// `IoCancelIrp`. Where the provider cannot cancel (Wine), its connection must be
+    /// closed — which completes its pending sends as cancelled — and the front end is
+    /// told to do that from a work item.
     ///
     /// # IRQL
     /// <= `DISPATCH_LEVEL`.
-    pub fn cancel(&self, file: FileId, id: RequestId) {
+    pub fn cancel(&self, file: FileId, id: RequestId) -> CancelAction {
         let target = {
             let mut table = self.pending.lock();
             let Some(p) = table.iter_mut().find(|p| p.id == id && p.file == file) else {
-                return;
+                return CancelAction::Done;
             };
             match p.send {
                 Some(send) => Some((p.handle, send)),
@@ -508,7 +528,37 @@ impl<P: PendingIo> Dispatcher<P> {
         if let Some((handle, send)) = target
             && let Some(connection) = self.lookup(file, handle)
         {
-            cancel_send(&connection, send);
+            return self.cancel_send(connection, send);
+        }
+        CancelAction::Done
+    }
+
+    fn cancel_send(&self, connection: Arc<Connection>, send: SendId) -> CancelAction {
+        if connection.cancel(send) != CancelOutcome::NotHonoured {
+            return CancelAction::Done;
+        }
+        let mut aborts = self.aborts.lock();
+        if aborts.try_reserve(1).is_err() {
+            // Out of memory: close here rather than leave the send hanging.
+            drop(aborts);
+            connection.begin_close();
+            return CancelAction::Done;
+        }
+        aborts.push(connection);
+        CancelAction::RunDeferred
+    }
+
+    /// Closes the connections whose sends could not be cancelled (see
+    /// [`CancelAction::RunDeferred`]); their pending sends complete as cancelled.
+    ///
+    /// # IRQL
+    /// `PASSIVE_LEVEL` (a work item).
+    pub fn run_deferred(&self) {
+        loop {
+            let Some(connection) = self.aborts.lock().pop() else {
+                return;
+            };
+            connection.begin_close();
         }
     }
 
@@ -567,13 +617,6 @@ fn engine_send(
     // SAFETY: the direct buffer (the payload's master MDL) belongs to the request,
     // which stays pending — so the MDL stays locked — until `completion` runs.
     unsafe { connection.send(payload, flags, completion) }
-}
-
-fn cancel_send(connection: &Arc<Connection>, send: SendId) {
-    if connection.cancel(send) == CancelOutcome::NotHonoured {
-        // The provider cannot cancel a posted send: closing the socket completes it.
-        connection.begin_close();
-    }
 }
 
 /// Writes output with `emit` if the caller's output buffer can take it; never writes

@@ -29,7 +29,7 @@ static DOS_DEVICE_NAME: [u16; protocol::DOS_DEVICE_NAME.len()] =
     ascii_utf16::<{ protocol::DOS_DEVICE_NAME.len() }>(protocol::DOS_DEVICE_NAME);
 
 /// The one device object; set by `DriverEntry`, read by `DriverUnload`.
-static DEVICE: AtomicPtr<DEVICE_OBJECT> = AtomicPtr::new(ptr::null_mut());
+pub(crate) static DEVICE: AtomicPtr<DEVICE_OBJECT> = AtomicPtr::new(ptr::null_mut());
 
 /// Driver-wide dispatcher state shared by every request. Multi-segment sends carve
 /// the direct buffer through its system address: Wine copies IOCTL buffers into the

@@ -4,7 +4,7 @@
 use core::ffi::c_void;
 use core::ptr::NonNull;
 
-use wsksend_dispatch::{FileId, Outcome, PendingIo, RequestId};
+use wsksend_dispatch::{CancelAction, FileId, Outcome, PendingIo, RequestId};
 use wsksend_ffi::inline::{IoMarkIrpPending, IoSetCancelRoutine};
 use wsksend_ffi::status::STATUS_PENDING;
 use wsksend_ffi::{
@@ -123,5 +123,51 @@ unsafe extern "system" fn cancel_routine(_device: *mut DEVICE_OBJECT, irp: *mut 
     };
     // SAFETY: IoCancelIrp acquired the lock and saved the IRQL in CancelIrql.
     unsafe { IoReleaseCancelSpinLock(irql) };
-    DISPATCHER.cancel(file, id);
+    if DISPATCHER.cancel(file, id) == CancelAction::RunDeferred {
+        queue_deferred();
+    }
+}
+
+#[cfg_attr(
+    target_os = "windows",
+    link(name = "ntoskrnl.exe", kind = "raw-dylib", modifiers = "+verbatim")
+)]
+unsafe extern "system" {
+    fn IoAllocateWorkItem(DeviceObject: *mut DEVICE_OBJECT) -> *mut c_void;
+    fn IoQueueWorkItem(
+        IoWorkItem: *mut c_void,
+        WorkerRoutine: unsafe extern "system" fn(*mut DEVICE_OBJECT, *mut c_void),
+        QueueType: i32,
+        Context: *mut c_void,
+    );
+    fn IoFreeWorkItem(IoWorkItem: *mut c_void);
+}
+
+/// `DelayedWorkQueue`.
+const DELAYED_WORK_QUEUE: i32 = 1;
+
+/// Runs [`Dispatcher::run_deferred`](wsksend_dispatch::Dispatcher::run_deferred) at
+/// `PASSIVE_LEVEL` in a system worker thread (closing a socket must not happen in the
+/// cancel routine: Wine's `WskCloseSocket` blocks on the I/O it cancels).
+fn queue_deferred() {
+    let device = crate::DEVICE.load(core::sync::atomic::Ordering::Acquire);
+    // SAFETY: `device` is our device object, live while requests can be cancelled.
+    let item = unsafe { IoAllocateWorkItem(device) };
+    if item.is_null() {
+        // No memory for a work item: close here rather than leave the send hanging.
+        DISPATCHER.run_deferred();
+        return;
+    }
+    // SAFETY: a fresh work item; the routine frees it.
+    unsafe { IoQueueWorkItem(item, deferred_work, DELAYED_WORK_QUEUE, item) };
+}
+
+/// Work item routine of [`queue_deferred`].
+///
+/// # Safety
+/// `context` is the work item that queued this call.
+unsafe extern "system" fn deferred_work(_device: *mut DEVICE_OBJECT, context: *mut c_void) {
+    DISPATCHER.run_deferred();
+    // SAFETY: our work item, finished with.
+    unsafe { IoFreeWorkItem(context) };
 }
