@@ -9,6 +9,8 @@ pub mod report;
 pub mod sink;
 
 #[cfg(windows)]
+pub mod bench;
+#[cfg(windows)]
 pub mod device;
 #[cfg(windows)]
 pub mod scenarios;

@@ -3,6 +3,8 @@
 //! ```text
 //! wsksend-harness version            print the driver's version (over IOCTL)
 //! wsksend-harness scenario NAME...   run end-to-end scenarios, one RESULT line each
+//! wsksend-harness bench [MIB] [KIB]   driver vs WSASend throughput (default 256 MiB, 64 KiB)
+//! wsksend-harness hold               sleep (keeps a Wine session alive between runs)
 //! wsksend-harness list               list the scenarios
 //! ```
 
@@ -39,6 +41,28 @@ fn main() -> std::process::ExitCode {
                 ExitCode::FAILURE
             }
         }
+        Some("bench") => {
+            let mib: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(256);
+            let kib: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(64);
+            match wsksend_harness::bench::run(mib << 20, kib << 10) {
+                Ok(results) if results.iter().all(|r| r.verified) => ExitCode::SUCCESS,
+                Ok(_) => {
+                    eprintln!("wsksend-harness: bench data did not verify at the sink");
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("wsksend-harness: bench: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some("hold") => {
+            // Keeps a user process alive: Wine shuts its services (and so the driver)
+            // down a few seconds after the last user process exits.
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            }
+        }
         Some("list") => {
             for (name, what) in scenarios::SCENARIOS {
                 println!("{name:16} {what}");
@@ -46,7 +70,9 @@ fn main() -> std::process::ExitCode {
             ExitCode::SUCCESS
         }
         _ => {
-            eprintln!("usage: wsksend-harness version | scenario NAME... | list");
+            eprintln!(
+                "usage: wsksend-harness version | scenario NAME... | bench [MIB] [KIB] | list"
+            );
             ExitCode::from(2)
         }
     }

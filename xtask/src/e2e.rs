@@ -21,7 +21,7 @@ fn prepare() -> Result<Wine> {
     let artifacts = artifacts::build()?;
     let log = e2e_dir()?.join("driver.log");
     std::fs::write(&log, b"").map_err(|e| format!("truncate {}: {e}", log.display()))?;
-    let wine = Wine::start(&log)?;
+    let mut wine = Wine::start(&log)?;
     wine.install(&artifacts)?;
     Ok(wine)
 }
@@ -241,5 +241,45 @@ pub fn test() -> Result {
         Err(format!(
             "{failed} end-to-end scenario(s) failed; see target/e2e/driver.log"
         ))
+    }
+}
+
+/// `cargo xtask bench`: the harness's driver-vs-`WSASend` benchmark under Wine;
+/// writes `target/e2e/bench.json`.
+pub fn bench(args: &[String]) -> Result {
+    let wine = prepare()?;
+    let started = wine.sc(&["start", SERVICE])?;
+    if !started.success() {
+        return Err(format!("sc start failed: {}", started.stdout.trim()));
+    }
+    let mut harness_args = vec!["bench"];
+    harness_args.extend(args.iter().map(String::as_str));
+    let out = wine.harness(&harness_args)?;
+    let _ = wine.sc(&["stop", SERVICE]);
+    print!(
+        "{}",
+        out.stdout
+            .lines()
+            .filter(|l| !l.starts_with("BENCH "))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>()
+    );
+    let entries: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("BENCH "))
+        .collect();
+    let json = format!(
+        "{{\n  \"command\": \"cargo xtask bench {}\",\n  \"environment\": \"Wine 8 on Linux: IOCTL buffers cross processes, not Windows speed\",\n  \"results\": [\n    {}\n  ]\n}}\n",
+        args.join(" "),
+        entries.join(",\n    ")
+    );
+    let path = e2e_dir()?.join("bench.json");
+    std::fs::write(&path, json).map_err(|e| format!("write {}: {e}", path.display()))?;
+    println!("bench: {}", path.display());
+    if out.success() && entries.len() == 4 {
+        Ok(())
+    } else {
+        Err("the benchmark did not complete (see target/e2e/driver.log)".into())
     }
 }

@@ -4,6 +4,9 @@
 //! - `test`  — host tests (`cargo test`), then the Wine end-to-end scenarios; writes
 //!   `target/e2e/report.json` and prints `e2e: N passed, M failed`.
 //! - `build` — only build the Windows binaries (driver `.sys`, shim, harness `.exe`).
+//! - `e2e NAME...` — load the driver and run the named harness scenarios.
+//! - `bench [MIB] [KIB]` — driver vs user-mode `WSASend` throughput under Wine;
+//!   writes `target/e2e/bench.json`.
 //!
 //! System packages (Wine, mingw-w64) are installed with apt when running as root;
 //! otherwise the exact command is printed.
@@ -28,8 +31,11 @@ fn main() -> ExitCode {
         "test" => test(),
         "build" => deps::ensure().and_then(|()| artifacts::build().map(|_| ())),
         "e2e" => e2e::scenarios(&args[1..]),
+        "bench" => e2e::bench(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask run | test | build | e2e SCENARIO...");
+            eprintln!(
+                "usage: cargo xtask run | test | build | e2e SCENARIO... | bench [MIB] [KIB]"
+            );
             return ExitCode::from(2);
         }
     };

@@ -34,6 +34,7 @@ const HARNESS_LIMIT: Duration = Duration::from_secs(300);
 pub struct Wine {
     prefix: PathBuf,
     log: PathBuf,
+    keepalive: Option<std::process::Child>,
 }
 
 impl Wine {
@@ -43,6 +44,7 @@ impl Wine {
         let wine = Self {
             prefix: root().join("target").join("wine-prefix"),
             log: log.to_path_buf(),
+            keepalive: None,
         };
         wine.kill_server();
         std::fs::create_dir_all(&wine.prefix).map_err(|e| format!("create prefix: {e}"))?;
@@ -63,8 +65,13 @@ impl Wine {
 
     fn command(&self, program: &str) -> Result<Command> {
         let mut cmd = Command::new(program);
+        // `WSKSEND_WINEDEBUG=+seh,+relay` adds channels when diagnosing.
+        let debug = match std::env::var("WSKSEND_WINEDEBUG") {
+            Ok(extra) if !extra.is_empty() => format!("{WINEDEBUG},{extra}"),
+            _ => WINEDEBUG.to_string(),
+        };
         cmd.env("WINEPREFIX", &self.prefix)
-            .env("WINEDEBUG", WINEDEBUG)
+            .env("WINEDEBUG", debug)
             .env("WINEDLLOVERRIDES", DLL_OVERRIDES)
             .env("WINEARCH", "win64")
             .stderr(Stdio::from(self.log_file()?));
@@ -85,7 +92,7 @@ impl Wine {
 
     /// Copies the binaries into `C:\wsksend\` and registers the driver as a
     /// demand-start kernel service (replacing any earlier registration).
-    pub fn install(&self, artifacts: &Artifacts) -> Result {
+    pub fn install(&mut self, artifacts: &Artifacts) -> Result {
         let dir = self.prefix.join("drive_c").join(INSTALL_DIR);
         std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
         for (from, name) in [
@@ -104,6 +111,24 @@ impl Wine {
         ])?;
         if !out.success() {
             return Err(format!("sc create failed: {}", out.stdout.trim()));
+        }
+        self.hold()
+    }
+
+    /// Keeps one user process running for the whole session: when the last one exits,
+    /// Wine shuts its services down — and with them the driver — a few seconds later.
+    fn hold(&mut self) -> Result {
+        if self.keepalive.is_none() {
+            let exe = format!("C:\\{INSTALL_DIR}\\wsksend-harness.exe");
+            let mut cmd = self.command("wine")?;
+            cmd.arg(exe)
+                .arg("hold")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null());
+            let child = cmd
+                .spawn()
+                .map_err(|e| format!("cannot start keepalive: {e}"))?;
+            self.keepalive = Some(child);
         }
         Ok(())
     }
@@ -157,5 +182,9 @@ impl Wine {
 impl Drop for Wine {
     fn drop(&mut self) {
         self.kill_server();
+        if let Some(mut child) = self.keepalive.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
