@@ -292,6 +292,16 @@ mod tests {
     }
 
     #[test]
+    fn documented_codes_match() {
+        // The values README.md documents.
+        assert_eq!(IOCTL_WSKSEND_CONNECT, 0x8A57_E004);
+        assert_eq!(IOCTL_WSKSEND_SEND, 0x8A57_A009);
+        assert_eq!(IOCTL_WSKSEND_CLOSE, 0x8A57_E00C);
+        assert_eq!(IOCTL_WSKSEND_STATS, 0x8A57_2010);
+        assert_eq!(method_of(IOCTL_WSKSEND_SEND), METHOD_IN_DIRECT);
+    }
+
+    #[test]
     fn ioctl_round_trips_and_keeps_unknown_codes() {
         assert_eq!(Ioctl::from(IOCTL_WSKSEND_GET_VERSION), Ioctl::GetVersion);
         assert_eq!(Ioctl::from(0x1234), Ioctl::Unknown(0x1234));
