@@ -152,10 +152,8 @@ pub fn wsasend(
                 None,
             )
         };
-        // SAFETY: no preconditions.
-        if rc != 0 && unsafe { WSAGetLastError() } != 997 {
-            // SAFETY: as above.
-            return Err(format!("WSASend: {}", unsafe { WSAGetLastError() }));
+        if rc != 0 && wsa_error() != 997 {
+            return Err(format!("WSASend: {}", wsa_error()));
         }
         slot.busy = true;
     }
@@ -200,15 +198,18 @@ fn send_one(socket: SOCKET, buf: &mut [u8]) -> Result<(), String> {
             None,
         )
     };
-    // SAFETY: no preconditions.
-    if rc != 0 && unsafe { WSAGetLastError() } != 997 {
-        // SAFETY: as above.
-        return Err(format!("WSASend: {}", unsafe { WSAGetLastError() }));
+    if rc != 0 && wsa_error() != 997 {
+        return Err(format!("WSASend: {}", wsa_error()));
     }
     let result = wait_slot(socket, &mut ov, buf.len());
     // SAFETY: our event.
     unsafe { CloseHandle(ov.hEvent) };
     result
+}
+
+fn wsa_error() -> i32 {
+    // SAFETY: no preconditions.
+    unsafe { WSAGetLastError() }
 }
 
 fn wait_slot(socket: SOCKET, ov: &mut OVERLAPPED, expected: usize) -> Result<(), String> {
@@ -221,10 +222,9 @@ fn wait_slot(socket: SOCKET, ov: &mut OVERLAPPED, expected: usize) -> Result<(),
     // SAFETY: the OVERLAPPED of a completed send on `socket`.
     let ok = unsafe { WSAGetOverlappedResult(socket, ov, &raw mut sent, 0, &raw mut flags) };
     if ok == 0 || sent as usize != expected {
-        // SAFETY: no preconditions.
         return Err(format!(
             "WSASend completed with {sent} bytes, error {}",
-            unsafe { WSAGetLastError() }
+            wsa_error()
         ));
     }
     ov.Internal = 0;

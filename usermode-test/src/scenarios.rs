@@ -495,6 +495,16 @@ fn multi_segment() -> Outcome {
     Ok(detail)
 }
 
+/// The driver still works: a new connection on `dev` sends a short stream exactly.
+fn healthy(dev: &Device) -> Result<(), String> {
+    let sink = sink()?;
+    let handle = connect(dev, &sink, 0)?;
+    let s = seed();
+    let sent = send_stream(dev, handle, s, &[4096; 4], 2, 1, 0)?;
+    expect_exact(&sink, s, sent)?;
+    dev.close(handle).map_err(|e| format!("close: {e}"))
+}
+
 fn expect_err(
     what: &str,
     got: Result<usize, Win32Error>,
@@ -688,13 +698,7 @@ fn peer_reset() -> Outcome {
         &[WireSegment { offset: 0, len: 16 }],
     );
     let _ = dev.close(handle);
-    // The driver is healthy: a new connection works.
-    let sink2 = self::sink()?;
-    let h2 = connect(&dev, &sink2, 0)?;
-    let s2 = seed();
-    let sent = send_stream(&dev, h2, s2, &[4096; 4], 2, 1, 0)?;
-    expect_exact(&sink2, s2, sent)?;
-    dev.close(h2).map_err(|e| format!("close: {e}"))?;
+    healthy(&dev)?;
     if after.is_ok() {
         // Some stacks accept one more send into the buffer before noticing the RST.
         return Ok(format!("failed with: {err}; a later connection works"));
@@ -774,13 +778,7 @@ fn cancel() -> Outcome {
     }
     sink.set_paused(false);
     let _ = dev.close(handle);
-    // Healthy afterwards.
-    let sink2 = self::sink()?;
-    let h2 = connect(&dev, &sink2, 0)?;
-    let s2 = seed();
-    let sent = send_stream(&dev, h2, s2, &[4096; 4], 2, 1, 0)?;
-    expect_exact(&sink2, s2, sent)?;
-    dev.close(h2).map_err(|e| format!("close: {e}"))?;
+    healthy(&dev)?;
     Ok(format!(
         "{} pending sends completed: {results:?}; a new connection works",
         pending.len()
@@ -800,14 +798,7 @@ fn close_handle() -> Outcome {
         ));
     }
     sink.set_paused(false);
-    // Healthy afterwards, on a new handle.
-    let dev2 = open()?;
-    let sink2 = self::sink()?;
-    let h2 = connect(&dev2, &sink2, 0)?;
-    let s2 = seed();
-    let sent = send_stream(&dev2, h2, s2, &[4096; 4], 2, 1, 0)?;
-    expect_exact(&sink2, s2, sent)?;
-    dev2.close(h2).map_err(|e| format!("close: {e}"))?;
+    healthy(&open()?)?;
     Ok(format!(
         "{} pending sends completed on handle close: {results:?}",
         pending.len()
