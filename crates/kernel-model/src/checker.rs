@@ -47,7 +47,8 @@ pub enum Rule {
     /// `STATUS_MORE_PROCESSING_REQUIRED` (or none ran), so the I/O manager would have
     /// freed the IRP.
     CompletionRoutineReturn,
-    /// A wait with a non-zero timeout at `DISPATCH_LEVEL`.
+    /// A wait at `DISPATCH_LEVEL` whose timeout is not zero (null, relative, or an
+    /// absolute time, even one already past).
     WaitAtDispatch,
     /// A send lacked the flags required by [`Session::require_send_flags`].
     FlagDropped,
@@ -55,7 +56,8 @@ pub enum Rule {
     NoStackLocation,
     /// `IoBuildPartialMdl` with a range outside the source MDL.
     PartialOutsideSource,
-    /// A spin lock was released while not held, or acquired again by its holder.
+    /// A spin lock was released while not held (or by a thread that does not hold it),
+    /// or acquired again by its holder.
     BadSpinLockRelease,
     /// `ExFreePoolWithTag` with a tag other than the allocation's.
     PoolTagMismatch,
@@ -192,6 +194,8 @@ pub(crate) struct State {
     pub faults: BTreeMap<Op, VecDeque<Fault>>,
     pub irps: BTreeMap<usize, IrpRec>,
     pub mdls: BTreeMap<usize, MdlRec>,
+    /// MDLs whose `in_flight` count is not zero (an index into `mdls`).
+    pub in_flight_mdls: BTreeSet<usize>,
     pub pool: BTreeMap<usize, PoolRec>,
     pub freed_pool: BTreeSet<usize>,
     pub events: BTreeMap<usize, Arc<EventObj>>,
@@ -211,6 +215,7 @@ impl State {
             faults: BTreeMap::new(),
             irps: BTreeMap::new(),
             mdls: BTreeMap::new(),
+            in_flight_mdls: BTreeSet::new(),
             pool: BTreeMap::new(),
             freed_pool: BTreeSet::new(),
             events: BTreeMap::new(),

@@ -507,6 +507,7 @@ pub(crate) fn mark_in_flight(st: &mut State, mdls: &[usize]) {
     for addr in mdls {
         if let Some(r) = st.mdls.get_mut(addr) {
             r.in_flight += 1;
+            st.in_flight_mdls.insert(*addr);
         }
     }
 }
@@ -515,15 +516,21 @@ pub(crate) fn mark_in_flight(st: &mut State, mdls: &[usize]) {
 pub(crate) fn release_in_flight(st: &mut State, addr: usize) {
     if let Some(r) = st.mdls.get_mut(&addr) {
         r.in_flight = r.in_flight.saturating_sub(1);
+        if r.in_flight == 0 {
+            st.in_flight_mdls.remove(&addr);
+        }
     }
 }
 
-/// An in-flight MDL describing memory in `start..end`, if any.
+/// An in-flight MDL describing memory in `start..end`, if any. Only MDLs in flight are
+/// looked at (every pool free asks, and freed MDLs stay in the table until the session
+/// ends).
 pub(crate) fn in_flight_overlapping(st: &State, start: usize, end: usize) -> Option<usize> {
-    st.mdls
-        .iter()
-        .find(|(_, r)| r.in_flight > 0 && r.range.0 < end && start < r.range.0 + r.range.1)
-        .map(|(a, _)| *a)
+    st.in_flight_mdls.iter().copied().find(|a| {
+        st.mdls
+            .get(a)
+            .is_some_and(|r| r.in_flight > 0 && r.range.0 < end && start < r.range.0 + r.range.1)
+    })
 }
 
 /// Reports every MDL still allocated.

@@ -91,12 +91,20 @@ fn acquire(word: &AtomicUsize, what: &str) {
     }
 }
 
+/// Releases the lock if the calling thread holds it. A lock held by another thread
+/// stays with that thread (on Windows its holder would run on with its data corrupted).
 fn release(word: &AtomicUsize, what: &str) {
-    if word.swap(0, Ordering::Release) == 0 {
-        violation(
+    let me = TOKEN.with(|t| *t);
+    match word.compare_exchange(me, 0, Ordering::Release, Ordering::Relaxed) {
+        Ok(_) => {}
+        Err(0) => violation(
             Rule::BadSpinLockRelease,
             format!("{what} released while not held"),
-        );
+        ),
+        Err(_) => violation(
+            Rule::BadSpinLockRelease,
+            format!("{what} released by a thread that does not hold it"),
+        ),
     }
 }
 
@@ -307,8 +315,8 @@ kernel_export! {
     /// passes (null: infinite; negative: relative, 100 ns units; 0: poll; positive:
     /// absolute system time). Returns `STATUS_SUCCESS` or `STATUS_TIMEOUT`.
     ///
-    /// A non-zero timeout at `DISPATCH_LEVEL` is a [`Rule::WaitAtDispatch`]; the wait
-    /// still happens. An infinite wait (at any IRQL) gives up after the session's hang
+    /// A timeout other than zero (a relative or absolute time, or null) at
+    /// `DISPATCH_LEVEL` is a [`Rule::WaitAtDispatch`]; the wait still happens. An infinite wait (at any IRQL) gives up after the session's hang
     /// limit, recording [`Rule::Hang`] and returning `STATUS_TIMEOUT`, so a broken
     /// driver fails its test rather than hanging it.
     ///
@@ -330,7 +338,9 @@ kernel_export! {
         };
         let timeout = decode_timeout(raw);
         let irql = current_irql();
-        if irql >= DISPATCH_LEVEL && timeout != Some(Duration::ZERO) {
+        // The contract is on the value passed, not on the time left: only a zero
+        // timeout is allowed at DISPATCH_LEVEL (an absolute time already past is not).
+        if irql >= DISPATCH_LEVEL && raw != Some(0) {
             violation(
                 Rule::WaitAtDispatch,
                 format!("KeWaitForSingleObject with timeout {raw:?} at IRQL {irql}"),
