@@ -595,6 +595,8 @@ impl<P: PendingIo> Dispatcher<P> {
         for entry in &all {
             self.retire(&entry.connection);
         }
+        // A work item may still be queued; drop what it would close, now.
+        self.run_deferred();
     }
 
     /// Open connections.
