@@ -10,6 +10,7 @@ pub mod sink;
 
 #[cfg(windows)]
 pub mod bench;
+pub mod cli;
 #[cfg(windows)]
 pub mod device;
 #[cfg(windows)]

@@ -2,6 +2,12 @@
 //!
 //! ```text
 //! wsksend-harness version            print the driver's version (over IOCTL)
+//! wsksend-harness connect ADDR:PORT [--nodelay]   connect through the driver, then close
+//! wsksend-harness send [ADDR:PORT|sink] [--bytes 64M] [--chunk 64K] [--segments 1]
+//!                      [--inflight 8] [--nodelay]
+//!                                    send a verifiable stream (to an in-process sink
+//!                                    by default), with progress and a summary
+//! wsksend-harness stats              driver-wide counters
 //! wsksend-harness scenario NAME...   run end-to-end scenarios, one RESULT line each
 //! wsksend-harness bench [MIB] [KIB]   driver vs WSASend throughput (default 256 MiB, 64 KiB)
 //! wsksend-harness hold               sleep (keeps a Wine session alive between runs)
@@ -56,6 +62,19 @@ fn main() -> std::process::ExitCode {
                 }
             }
         }
+        Some("send") => report(
+            wsksend_harness::cli::parse_send(&args[1..])
+                .and_then(|o| wsksend_harness::cli::send(&o)),
+        ),
+        Some("connect") => report(
+            args.get(1)
+                .and_then(|a| a.parse().ok())
+                .ok_or_else(|| "connect needs ADDR:PORT".to_string())
+                .and_then(|to| {
+                    wsksend_harness::cli::connect(to, args.iter().any(|a| a == "--nodelay"))
+                }),
+        ),
+        Some("stats") => report(wsksend_harness::cli::stats()),
         Some("hold") => {
             // Keeps a user process alive: Wine shuts its services (and so the driver)
             // down a few seconds after the last user process exits.
@@ -74,6 +93,17 @@ fn main() -> std::process::ExitCode {
                 "usage: wsksend-harness version | scenario NAME... | bench [MIB] [KIB] | list"
             );
             ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(windows)]
+fn report(result: Result<(), String>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wsksend-harness: {e}");
+            std::process::ExitCode::FAILURE
         }
     }
 }

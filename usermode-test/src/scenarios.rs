@@ -154,6 +154,26 @@ pub fn send_stream(
     segments: usize,
     flags: u32,
 ) -> Result<u64, String> {
+    send_stream_with(
+        dev,
+        handle,
+        seed,
+        sizes,
+        (in_flight, segments, flags),
+        &mut |_| {},
+    )
+}
+
+/// [`send_stream`] with `(in_flight, segments, flags)` and a callback that sees the
+/// pattern bytes sent so far after every completion (for progress output).
+pub fn send_stream_with(
+    dev: &Device,
+    handle: u64,
+    seed: u32,
+    sizes: &[usize],
+    (in_flight, segments, flags): (usize, usize, u32),
+    progress: &mut dyn FnMut(u64),
+) -> Result<u64, String> {
     let total: u64 = sizes.iter().map(|&s| s as u64).sum();
     let mut head = header(seed, total);
     let n = dev
@@ -178,12 +198,11 @@ pub fn send_stream(
         handle,
         seed,
         sizes,
-        in_flight,
-        segments,
-        flags,
+        (in_flight, segments, flags),
         &mut pos,
         &mut outstanding,
         &mut sent,
+        progress,
     );
     // On failure, collect what is still in flight so a later stream on this device does
     // not see stale completions.
@@ -202,17 +221,17 @@ fn pump_stream(
     handle: u64,
     seed: u32,
     sizes: &[usize],
-    in_flight: usize,
-    segments: usize,
-    flags: u32,
+    (in_flight, segments, flags): (usize, usize, u32),
     pos: &mut u64,
     outstanding: &mut usize,
     sent: &mut u64,
+    progress: &mut dyn FnMut(u64),
 ) -> Result<(), String> {
-    let check = |c: Completed, sent: &mut u64| -> Result<(), String> {
+    let mut check = |c: Completed, sent: &mut u64| -> Result<(), String> {
         match c.result {
             Ok(n) if n == c.send.expected => {
                 *sent += n as u64;
+                progress(*sent);
                 Ok(())
             }
             Ok(n) => Err(format!(

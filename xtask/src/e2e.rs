@@ -26,7 +26,8 @@ fn prepare() -> Result<Wine> {
     Ok(wine)
 }
 
-/// `cargo xtask run`: load the driver, ask it for its version over IOCTL, unload it.
+/// `cargo xtask run`: load the driver, ask it for its version, send 64 MiB through it
+/// to a verifying sink, show its counters, unload it.
 pub fn run() -> Result {
     let wine = prepare()?;
     let started = wine.sc(&["start", SERVICE])?;
@@ -34,20 +35,35 @@ pub fn run() -> Result {
         return Err(format!("sc start failed: {}", started.stdout.trim()));
     }
     let version = wine.harness(&["version"])?;
+    let send = wine.harness(&[
+        "send",
+        "sink",
+        "--bytes",
+        "64M",
+        "--chunk",
+        "64K",
+        "--inflight",
+        "8",
+    ])?;
+    let stats = wine.harness(&["stats"])?;
     let stopped = wine.sc(&["stop", SERVICE])?;
     println!("WskSend under Wine");
     println!("  driver image : target/x86_64-pc-windows-msvc/release/wsksend.sys");
     println!("  service      : {SERVICE} (kernel driver, loaded by Wine's winedevice)");
     println!("  over IOCTL   : {}", version.stdout.trim());
+    for line in send.stdout.lines() {
+        println!("  {line}");
+    }
+    println!("  counters     : {}", stats.stdout.trim());
     println!(
         "  unload       : {}",
         if stopped.success() { "ok" } else { "FAILED" }
     );
     println!("  driver log   : target/e2e/driver.log");
-    if version.success() && stopped.success() {
+    if version.success() && send.success() && stopped.success() {
         Ok(())
     } else {
-        Err("the driver did not answer or did not unload".into())
+        Err("the driver did not answer, did not send, or did not unload (see target/e2e/driver.log)".into())
     }
 }
 
