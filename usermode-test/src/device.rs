@@ -128,7 +128,15 @@ impl Device {
     /// # Errors
     /// The Win32 error of `CreateFileW` (`ERROR_FILE_NOT_FOUND` when the driver is not loaded).
     pub fn open() -> Result<Self, Win32Error> {
-        let path: Vec<u16> = USER_PATH.encode_utf16().chain(Some(0)).collect();
+        Self::open_path(USER_PATH)
+    }
+
+    /// Opens another device by its user-mode path (the kernel-API test driver).
+    ///
+    /// # Errors
+    /// The Win32 error of `CreateFileW`.
+    pub fn open_path(user_path: &str) -> Result<Self, Win32Error> {
+        let path: Vec<u16> = user_path.encode_utf16().chain(Some(0)).collect();
         // SAFETY: `path` is NUL-terminated and outlives the call; other pointers are null.
         let handle = unsafe {
             CreateFileW(

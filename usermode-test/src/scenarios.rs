@@ -117,6 +117,7 @@ pub fn run(name: &str) -> ScenarioResult {
         "peer-reset" => peer_reset(),
         "cancel" => cancel(),
         "close-handle" => close_handle(),
+        "kernel-api" => kernel_api(),
         _ => Err(format!("no scenario named {name}")),
     };
     match outcome {
@@ -821,5 +822,42 @@ fn close_handle() -> Outcome {
     Ok(format!(
         "{} pending sends completed on handle close: {results:?}",
         pending.len()
+    ))
+}
+
+/// `IOCTL_WSKSCLIENT_RUN` of the kernel-API test driver (`crates/kapi-client`).
+const IOCTL_WSKSCLIENT_RUN: u32 =
+    ctl_code(FILE_DEVICE_WSKSEND, 0x900, METHOD_BUFFERED, FILE_ANY_ACCESS);
+
+fn kernel_api() -> Outcome {
+    let client = Device::open_path("\\\\.\\WsksClient")
+        .map_err(|e| format!("open \\\\.\\WsksClient: {e}"))?;
+    let sink = sink()?;
+    let s = seed();
+    let pattern_len = 300_000usize;
+    let mut input = vec![0u8; wsksend_protocol::ConnectRequest::WIRE_SIZE];
+    let req = wsksend_protocol::ConnectRequest {
+        remote: sink.addr(),
+        flags: 0,
+        timeout_ms: 0,
+        max_posted: 0,
+    };
+    req.emit(&mut input).map_err(|e| format!("emit: {e:?}"))?;
+    input.extend_from_slice(&header(s, pattern_len as u64));
+    let start = input.len();
+    input.resize(start + pattern_len, 0);
+    fill(s, 0, &mut input[start..]);
+    let total = HEADER_LEN + pattern_len;
+    let n = client
+        .ioctl(IOCTL_WSKSCLIENT_RUN, &input, &mut [])
+        .map_err(|e| format!("WsksClient run: {e}"))?;
+    if n != total {
+        return Err(format!(
+            "the client driver reported {n} of {total} bytes sent"
+        ));
+    }
+    expect_exact(&sink, s, pattern_len as u64)?;
+    Ok(format!(
+        "{total} bytes through WsksSendBuffers + WsksSendMdl + WsksSendSync, byte-exact"
     ))
 }

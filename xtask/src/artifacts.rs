@@ -12,6 +12,8 @@ use crate::{Result, process, root};
 pub struct Artifacts {
     /// The driver image (`wsksend.sys`).
     pub driver: PathBuf,
+    /// The kernel-API test driver (`wsksclient.sys`), which imports from `wsksend.sys`.
+    pub client: PathBuf,
     /// `bcryptprimitives.dll`, placed beside the harness under Wine.
     pub shim: PathBuf,
     /// `wsksend-harness.exe`.
@@ -33,6 +35,8 @@ pub fn build() -> Result<Artifacts> {
             MSVC,
             "-p",
             "wsksend-wdm",
+            "-p",
+            "wsksend-kapi-client",
             "-p",
             "wsksend-prng-shim",
         ],
@@ -58,12 +62,16 @@ pub fn build() -> Result<Artifacts> {
             "x86_64-w64-mingw32-gcc",
         )],
     )?;
+    let out = root().join("target").join(MSVC).join("release");
     let target = root().join("target");
-    let dll = target.join(MSVC).join("release").join("wsksend_wdm.dll");
-    let driver = target.join(MSVC).join("release").join("wsksend.sys");
-    std::fs::copy(&dll, &driver).map_err(|e| format!("copy {}: {e}", dll.display()))?;
+    let copy = |from: &str, to: &str| -> Result<PathBuf> {
+        let dest = out.join(to);
+        std::fs::copy(out.join(from), &dest).map_err(|e| format!("copy {from}: {e}"))?;
+        Ok(dest)
+    };
     Ok(Artifacts {
-        driver,
+        driver: copy("wsksend_wdm.dll", "wsksend.sys")?,
+        client: copy("wsksend_kapi_client.dll", "wsksclient.sys")?,
         shim: target
             .join(MSVC)
             .join("release")

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use wsksend_harness::report::ScenarioResult;
 
-use crate::wine::{SERVICE, Wine};
+use crate::wine::{CLIENT_SERVICE, SERVICE, Wine};
 use crate::{Result, artifacts, deps, root};
 
 fn e2e_dir() -> Result<PathBuf> {
@@ -220,6 +220,19 @@ pub fn test() -> Result {
     for name in DATA_SCENARIOS {
         results.harness(&wine, &[name]);
     }
+    // Another driver calling WskSend's exports (it imports them from wsksend.sys).
+    let client = wine.sc(&["start", CLIENT_SERVICE])?;
+    let client_loaded = wine.log_contains("WsksClient: loaded", LOG_WAIT);
+    results.check(
+        "kernel-api-load",
+        client.success() && client_loaded,
+        format!(
+            "sc start {CLIENT_SERVICE} exit {:?}, DriverEntry logged: {client_loaded}",
+            client.code
+        ),
+    );
+    results.harness(&wine, &["kernel-api"]);
+    let _ = wine.sc(&["stop", CLIENT_SERVICE]);
 
     let stopped = wine.sc(&["stop", SERVICE])?;
     let state = wine.service_state()?;

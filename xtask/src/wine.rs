@@ -17,6 +17,8 @@ use crate::{Result, root};
 
 /// Name of the driver service.
 pub const SERVICE: &str = "WskSend";
+/// Name of the kernel-API test driver's service.
+pub const CLIENT_SERVICE: &str = "WsksClient";
 /// Folder inside the prefix's `C:` drive that holds our binaries.
 const INSTALL_DIR: &str = "wsksend";
 
@@ -97,20 +99,26 @@ impl Wine {
         std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
         for (from, name) in [
             (&artifacts.driver, "wsksend.sys"),
+            (&artifacts.client, "wsksclient.sys"),
             (&artifacts.shim, "bcryptprimitives.dll"),
             (&artifacts.harness, "wsksend-harness.exe"),
         ] {
             std::fs::copy(from, dir.join(name))
                 .map_err(|e| format!("copy {}: {e}", from.display()))?;
         }
-        let _ = self.sc(&["stop", SERVICE]);
-        let _ = self.sc(&["delete", SERVICE]);
-        let bin_path = format!("C:\\{INSTALL_DIR}\\wsksend.sys");
-        let out = self.sc(&[
-            "create", SERVICE, "type=", "kernel", "start=", "demand", "binPath=", &bin_path,
-        ])?;
-        if !out.success() {
-            return Err(format!("sc create failed: {}", out.stdout.trim()));
+        for (service, image) in [(CLIENT_SERVICE, "wsksclient.sys"), (SERVICE, "wsksend.sys")] {
+            let _ = self.sc(&["stop", service]);
+            let _ = self.sc(&["delete", service]);
+            let bin_path = format!("C:\\{INSTALL_DIR}\\{image}");
+            // One load-order group: Wine hosts a group's drivers in one winedevice
+            // process, so the client's import of wsksend.sys binds to the loaded driver.
+            let out = self.sc(&[
+                "create", service, "type=", "kernel", "start=", "demand", "group=", "WskSend",
+                "binPath=", &bin_path,
+            ])?;
+            if !out.success() {
+                return Err(format!("sc create {service} failed: {}", out.stdout.trim()));
+            }
         }
         self.hold()
     }

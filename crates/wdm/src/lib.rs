@@ -6,8 +6,7 @@
 //! the two are meant to be read side by side.
 #![no_std]
 
-mod log;
-mod runtime;
+use wsksend_wdm_runtime::log;
 
 use core::ptr;
 use core::sync::atomic::{AtomicPtr, Ordering};
