@@ -72,6 +72,10 @@ fn lint() -> Result {
             "-p",
             "wsksend-wdm",
             "-p",
+            "wsksend-wdm-runtime",
+            "-p",
+            "wsksend-kapi-client",
+            "-p",
             "wsksend-prng-shim",
         ][..],
         &[
