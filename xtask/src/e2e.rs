@@ -220,6 +220,30 @@ pub fn test() -> Result {
     for name in DATA_SCENARIOS {
         results.harness(&wine, &[name]);
     }
+    // The interactive `send` command (what `cargo xtask run` and a tester use).
+    match wine.harness(&[
+        "send",
+        "sink",
+        "--bytes",
+        "8M",
+        "--chunk",
+        "100K",
+        "--segments",
+        "1",
+        "--inflight",
+        "4",
+        "--nodelay",
+    ]) {
+        Ok(out) => {
+            let verified = out.stdout.contains("every byte verified");
+            results.check(
+                "cli-send",
+                out.success() && verified,
+                format!("exit {:?}, sink verified: {verified}", out.code),
+            );
+        }
+        Err(e) => results.check("cli-send", false, e),
+    }
     // Another driver calling WskSend's exports (it imports them from wsksend.sys).
     let client = wine.sc(&["start", CLIENT_SERVICE])?;
     let client_loaded = wine.log_contains("WsksClient: loaded", LOG_WAIT);
