@@ -252,7 +252,7 @@ fn provider_errors_reach_the_caller_and_the_connection_survives() {
     // Partial progress is reported as sent.
     s.inject(Op::Send, Fault::Partial);
     send_owned(&conn, bytes(0, 100), 0, &results, 10);
-    let got = results.wait(cases_len() + 1, WAIT);
+    let got = results.wait(cases.len() + 1, WAIT);
     assert_eq!(
         got.last().unwrap().1,
         wsksend_engine::connection::SendResult {
@@ -264,17 +264,13 @@ fn provider_errors_reach_the_caller_and_the_connection_survives() {
     s.require_send_flags(WSK_FLAG_NODELAY);
     send_owned(&conn, bytes(0, 5), WSK_FLAG_NODELAY, &results, 11);
     assert_eq!(
-        results.wait(cases_len() + 2, WAIT).last().unwrap().1.status,
+        results.wait(cases.len() + 2, WAIT).last().unwrap().1.status,
         STATUS_SUCCESS
     );
     let stats = conn.stats();
     assert_eq!((stats.sends, stats.errors, stats.in_flight), (2, 4, 0));
     teardown(client, conn);
     s.finish();
-}
-
-const fn cases_len() -> usize {
-    4
 }
 
 #[test]
@@ -357,13 +353,8 @@ fn close_with_sends_in_flight_completes_them_first() {
     );
     assert!(conn.is_closing());
     drop(conn);
-    Client_shutdown(client);
-    s.finish();
-}
-
-#[allow(non_snake_case, reason = "reads like the call it wraps")]
-fn Client_shutdown(client: wsksend_engine::pool::PoolBox<wsksend_engine::client::Client>) {
     wsksend_engine::client::Client::shutdown(client);
+    s.finish();
 }
 
 #[test]
