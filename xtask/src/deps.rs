@@ -6,12 +6,16 @@ use std::process::Command;
 use crate::Result;
 use crate::process::on_path;
 
-/// Debian packages and the program each provides.
+/// Debian packages and the program each provides (`wine` comes from the `wine` package,
+/// which `wine64` only recommends, so both are named).
 const PACKAGES: &[(&str, &str)] = &[
-    ("wine", "wine64"),
-    ("wineserver", "wine64"),
+    ("wine", "wine"),
+    ("wineserver", "wine"),
     ("x86_64-w64-mingw32-gcc", "gcc-mingw-w64-x86-64"),
 ];
+
+/// The 64-bit Wine loader (package `wine64`), which the `wine` command needs for our images.
+const WINE64_LOADER: &str = "/usr/lib/wine/wine64";
 
 /// Rust targets the Windows binaries need (also listed in rust-toolchain.toml).
 const TARGETS: &[&str] = &["x86_64-pc-windows-msvc", "x86_64-pc-windows-gnu"];
@@ -23,6 +27,10 @@ pub fn ensure() -> Result {
         .filter(|(program, _)| !on_path(program))
         .map(|&(_, package)| package)
         .collect();
+    if !std::path::Path::new(WINE64_LOADER).exists() {
+        missing.push("wine64");
+    }
+    missing.sort_unstable();
     missing.dedup();
     if !missing.is_empty() {
         install(&missing)?;
