@@ -11,7 +11,6 @@
 
 use core::ffi::c_void;
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, Ordering};
 
 use wsksend_ffi::inline::IoGetCurrentIrpStackLocation;
 use wsksend_ffi::status::{
@@ -20,16 +19,15 @@ use wsksend_ffi::status::{
 };
 use wsksend_ffi::{
     AF_INET, AF_INET6, DEVICE_OBJECT, DRIVER_OBJECT, ExAllocatePoolWithTag, ExFreePoolWithTag,
-    Executive, FALSE, FILE_DEVICE_SECURE_OPEN, IO_NO_INCREMENT, IO_STATUS_BLOCK, IRP, IRP_MJ_CLOSE,
-    IRP_MJ_CREATE, IRP_MJ_DEVICE_CONTROL, IoAllocateMdl, IoCreateDevice, IoCreateSymbolicLink,
-    IoDeleteDevice, IoDeleteSymbolicLink, IoFreeMdl, IofCompleteRequest, KEVENT, KeInitializeEvent,
-    KeSetEvent, KeWaitForSingleObject, KernelMode, MDL, MmBuildMdlForNonPagedPool, NT_SUCCESS,
-    NTSTATUS, NonPagedPoolNx, NotificationEvent, SOCKADDR, SOCKADDR_IN, SOCKADDR_IN6,
-    UNICODE_STRING, ascii_utf16,
+    Executive, FALSE, IO_NO_INCREMENT, IRP, IRP_MJ_CLOSE, IRP_MJ_CREATE, IRP_MJ_DEVICE_CONTROL,
+    IoAllocateMdl, IoFreeMdl, KEVENT, KeInitializeEvent, KeSetEvent, KeWaitForSingleObject,
+    KernelMode, MDL, MmBuildMdlForNonPagedPool, NT_SUCCESS, NTSTATUS, NonPagedPoolNx,
+    NotificationEvent, SOCKADDR, SOCKADDR_IN, SOCKADDR_IN6, UNICODE_STRING, ascii_utf16,
 };
 use wsksend_protocol::{
     ConnectRequest, FILE_ANY_ACCESS, FILE_DEVICE_WSKSEND, METHOD_BUFFERED, ctl_code,
 };
+use wsksend_wdm_runtime::device::{self, NamedDevice};
 use wsksend_wdm_runtime::log;
 
 /// The one IOCTL of this test driver.
@@ -40,7 +38,7 @@ const DEVICE_NAME: &str = "\\Device\\WsksClient";
 const LINK_NAME: &str = "\\DosDevices\\WsksClient";
 static DEVICE_NAME_W: [u16; DEVICE_NAME.len()] = ascii_utf16::<{ DEVICE_NAME.len() }>(DEVICE_NAME);
 static LINK_NAME_W: [u16; LINK_NAME.len()] = ascii_utf16::<{ LINK_NAME.len() }>(LINK_NAME);
-static DEVICE: AtomicPtr<DEVICE_OBJECT> = AtomicPtr::new(ptr::null_mut());
+static DEVICE: NamedDevice = NamedDevice::new(&DEVICE_NAME_W, &LINK_NAME_W);
 
 const TAG: u32 = u32::from_le_bytes(*b"WskC");
 
@@ -93,16 +91,6 @@ unsafe extern "system" {
     fn WsksClose(connection: *mut c_void) -> NTSTATUS;
 }
 
-fn unicode(name: &'static [u16]) -> UNICODE_STRING {
-    // CAST: short constant names.
-    let bytes = (name.len() * 2) as u16;
-    UNICODE_STRING {
-        Length: bytes,
-        MaximumLength: bytes,
-        Buffer: name.as_ptr().cast_mut(),
-    }
-}
-
 /// `DriverEntry`.
 ///
 /// # Safety
@@ -112,32 +100,10 @@ pub unsafe extern "system" fn driver_entry(
     driver: *mut DRIVER_OBJECT,
     _registry_path: *mut UNICODE_STRING,
 ) -> NTSTATUS {
-    let mut name = unicode(&DEVICE_NAME_W);
-    let mut device = ptr::null_mut();
-    // SAFETY: valid driver object and out-pointers.
-    let status = unsafe {
-        IoCreateDevice(
-            driver,
-            0,
-            &raw mut name,
-            FILE_DEVICE_WSKSEND,
-            FILE_DEVICE_SECURE_OPEN,
-            FALSE,
-            &raw mut device,
-        )
-    };
-    if !NT_SUCCESS(status) {
+    // SAFETY: called from DriverEntry with the live driver object.
+    if let Err(status) = unsafe { DEVICE.create(driver, FILE_DEVICE_WSKSEND) } {
         return status;
     }
-    let mut link = unicode(&LINK_NAME_W);
-    // SAFETY: both names are valid.
-    let status = unsafe { IoCreateSymbolicLink(&raw mut link, &raw mut name) };
-    if !NT_SUCCESS(status) {
-        // SAFETY: created above, unused.
-        unsafe { IoDeleteDevice(device) };
-        return status;
-    }
-    DEVICE.store(device, Ordering::Release);
     // SAFETY: DriverEntry owns the driver object until it returns.
     let driver = unsafe { &mut *driver };
     driver.MajorFunction[IRP_MJ_CREATE] = Some(dispatch_create_close);
@@ -149,25 +115,15 @@ pub unsafe extern "system" fn driver_entry(
 }
 
 unsafe extern "system" fn driver_unload(_driver: *mut DRIVER_OBJECT) {
-    let mut link = unicode(&LINK_NAME_W);
-    // SAFETY: created in DriverEntry.
-    unsafe { IoDeleteSymbolicLink(&raw mut link) };
-    let device = DEVICE.swap(ptr::null_mut(), Ordering::AcqRel);
-    if !device.is_null() {
-        // SAFETY: created in DriverEntry; no request arrives during unload.
-        unsafe { IoDeleteDevice(device) };
-    }
+    // SAFETY: the driver is unloading: no request can arrive.
+    unsafe { DEVICE.delete() };
 }
 
 /// # Safety
 /// `irp` is live and ours to complete once.
 unsafe fn complete(irp: *mut IRP, status: NTSTATUS, information: usize) -> NTSTATUS {
-    // SAFETY: ours until completed.
-    let irp_ref = unsafe { &mut *irp };
-    irp_ref.IoStatus = IO_STATUS_BLOCK::new(status, information);
-    // SAFETY: completing once.
-    unsafe { IofCompleteRequest(irp, IO_NO_INCREMENT) };
-    status
+    // SAFETY: forwarded from the caller's contract.
+    unsafe { device::complete(irp, status, information, IO_NO_INCREMENT) }
 }
 
 unsafe extern "system" fn dispatch_create_close(

@@ -6,19 +6,17 @@
 //! the two are meant to be read side by side.
 #![no_std]
 
+use wsksend_wdm_runtime::device::{self, NamedDevice};
 use wsksend_wdm_runtime::log;
 
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, Ordering};
 
 use wsksend_dispatch::{Carve, Config, Dispatcher, Disposition, FileId, Outcome, Request};
 use wsksend_ffi::inline::IoGetCurrentIrpStackLocation;
 use wsksend_ffi::status::{STATUS_INVALID_PARAMETER, STATUS_PENDING, STATUS_SUCCESS};
 use wsksend_ffi::{
-    DEVICE_OBJECT, DRIVER_OBJECT, FALSE, FILE_DEVICE_SECURE_OPEN, IO_NO_INCREMENT, IO_STATUS_BLOCK,
-    IRP, IRP_MJ_CLEANUP, IRP_MJ_CLOSE, IRP_MJ_CREATE, IRP_MJ_DEVICE_CONTROL, IoCreateDevice,
-    IoCreateSymbolicLink, IoDeleteDevice, IoDeleteSymbolicLink, IofCompleteRequest, NT_SUCCESS,
-    NTSTATUS, UNICODE_STRING, ascii_utf16,
+    DEVICE_OBJECT, DRIVER_OBJECT, IO_NO_INCREMENT, IRP, IRP_MJ_CLEANUP, IRP_MJ_CLOSE,
+    IRP_MJ_CREATE, IRP_MJ_DEVICE_CONTROL, NTSTATUS, UNICODE_STRING, ascii_utf16,
 };
 use wsksend_protocol as protocol;
 
@@ -27,8 +25,8 @@ static DEVICE_NAME: [u16; protocol::DEVICE_NAME.len()] =
 static DOS_DEVICE_NAME: [u16; protocol::DOS_DEVICE_NAME.len()] =
     ascii_utf16::<{ protocol::DOS_DEVICE_NAME.len() }>(protocol::DOS_DEVICE_NAME);
 
-/// The one device object; set by `DriverEntry`, read by `DriverUnload`.
-pub(crate) static DEVICE: AtomicPtr<DEVICE_OBJECT> = AtomicPtr::new(ptr::null_mut());
+/// The device and its `\\.\WskSend` link; created by `DriverEntry`.
+pub(crate) static DEVICE: NamedDevice = NamedDevice::new(&DEVICE_NAME, &DOS_DEVICE_NAME);
 
 /// Driver-wide dispatcher state shared by every request. Multi-segment sends carve
 /// the direct buffer through its system address: Wine copies IOCTL buffers into the
@@ -40,18 +38,6 @@ static DISPATCHER: Dispatcher<IrpToken> = Dispatcher::new(Config {
 
 mod token;
 use token::IrpToken;
-
-/// A `UNICODE_STRING` over one of the static names above.
-fn unicode(name: &'static [u16]) -> UNICODE_STRING {
-    // CAST: the names are short constants, far below u16::MAX bytes.
-    let bytes = (name.len() * 2) as u16;
-    UNICODE_STRING {
-        Length: bytes,
-        MaximumLength: bytes,
-        // The kernel only reads through this pointer.
-        Buffer: name.as_ptr().cast_mut(),
-    }
-}
 
 /// `DriverEntry`: creates the device and its symbolic link and installs the dispatch
 /// routines. No WSK work happens here (DESIGN.md rule 7).
@@ -67,51 +53,22 @@ pub unsafe extern "system" fn driver_entry(
         "WskSend: DriverEntry (protocol %u)\n",
         protocol::PROTOCOL_VERSION
     );
-    let mut name = unicode(&DEVICE_NAME);
-    let mut device = ptr::null_mut();
-    // SAFETY: `driver` is the live driver object; `name` and `device` outlive the call.
-    let status = unsafe {
-        IoCreateDevice(
-            driver,
-            0,
-            &raw mut name,
-            protocol::FILE_DEVICE_WSKSEND,
-            FILE_DEVICE_SECURE_OPEN,
-            FALSE,
-            &raw mut device,
-        )
-    };
-    if !NT_SUCCESS(status) {
+    // SAFETY: called from DriverEntry with the live driver object.
+    if let Err(status) = unsafe { DEVICE.create(driver, protocol::FILE_DEVICE_WSKSEND) } {
         log!(
-            "WskSend: IoCreateDevice failed %08x\n",
+            "WskSend: device creation failed %08x\n",
             status.cast_unsigned()
         );
         return status;
     }
-    let mut link = unicode(&DOS_DEVICE_NAME);
-    // SAFETY: both strings are valid for the call.
-    let status = unsafe { IoCreateSymbolicLink(&raw mut link, &raw mut name) };
-    if !NT_SUCCESS(status) {
-        log!(
-            "WskSend: IoCreateSymbolicLink failed %08x\n",
-            status.cast_unsigned()
-        );
-        // SAFETY: `device` was created above and nothing else references it yet.
-        unsafe { IoDeleteDevice(device) };
-        return status;
-    }
-    DEVICE.store(device, Ordering::Release);
     // WskRegister only: the provider is captured by the first connect (rule 7).
     if let Err(e) = wsksend_engine::global::start() {
         log!(
             "WskSend: WskRegister failed %08x\n",
             e.status().cast_unsigned()
         );
-        // SAFETY: created above; nothing else references them yet.
-        unsafe { IoDeleteSymbolicLink(&raw mut link) };
-        // SAFETY: as above.
-        unsafe { IoDeleteDevice(device) };
-        DEVICE.store(ptr::null_mut(), Ordering::Release);
+        // SAFETY: DriverEntry fails: no request can arrive.
+        unsafe { DEVICE.delete() };
         return e.status();
     }
 
@@ -131,15 +88,8 @@ unsafe extern "system" fn driver_unload(_driver: *mut DRIVER_OBJECT) {
     // Every connection closes (pending sends complete) before WskDeregister (rule 8).
     DISPATCHER.shutdown();
     wsksend_engine::global::stop();
-    let mut link = unicode(&DOS_DEVICE_NAME);
-    // SAFETY: the link was created in DriverEntry.
-    unsafe { IoDeleteSymbolicLink(&raw mut link) };
-    let device = DEVICE.swap(ptr::null_mut(), Ordering::AcqRel);
-    if !device.is_null() {
-        // SAFETY: `device` is the device created in DriverEntry; no request can arrive
-        // once the driver is being unloaded.
-        unsafe { IoDeleteDevice(device) };
-    }
+    // SAFETY: the driver is unloading: no request can arrive.
+    unsafe { DEVICE.delete() };
     log!("WskSend: unloaded\n");
 }
 
@@ -148,12 +98,8 @@ unsafe extern "system" fn driver_unload(_driver: *mut DRIVER_OBJECT) {
 /// # Safety
 /// `irp` is a live IRP dispatched to us that no one else will complete.
 pub(crate) unsafe fn complete(irp: *mut IRP, outcome: Outcome) -> NTSTATUS {
-    // SAFETY: we own the IRP until IofCompleteRequest.
-    let irp_ref = unsafe { &mut *irp };
-    irp_ref.IoStatus = IO_STATUS_BLOCK::new(outcome.status, outcome.information);
-    // SAFETY: as above; after this call the IRP is no longer ours.
-    unsafe { IofCompleteRequest(irp, IO_NO_INCREMENT) };
-    outcome.status
+    // SAFETY: forwarded from the caller's contract.
+    unsafe { device::complete(irp, outcome.status, outcome.information, IO_NO_INCREMENT) }
 }
 
 /// `IRP_MJ_CREATE`: nothing to set up; connections are created by CONNECT.

@@ -8,8 +8,8 @@ use wsksend_dispatch::{CancelAction, FileId, Outcome, PendingIo, RequestId};
 use wsksend_ffi::inline::{IoMarkIrpPending, IoSetCancelRoutine};
 use wsksend_ffi::status::STATUS_PENDING;
 use wsksend_ffi::{
-    DEVICE_OBJECT, IO_NETWORK_INCREMENT, IO_STATUS_BLOCK, IRP, IoAcquireCancelSpinLock,
-    IoReleaseCancelSpinLock, IofCompleteRequest, NTSTATUS,
+    DEVICE_OBJECT, IO_NETWORK_INCREMENT, IRP, IoAcquireCancelSpinLock, IoReleaseCancelSpinLock,
+    NTSTATUS,
 };
 
 use crate::DISPATCHER;
@@ -94,13 +94,15 @@ impl PendingIo for IrpToken {
             // SAFETY: releasing the lock acquired just above.
             unsafe { IoReleaseCancelSpinLock(irql) };
         }
-        {
-            // SAFETY: live and ours until completed below.
-            let irp_ref = unsafe { &mut *irp };
-            irp_ref.IoStatus = IO_STATUS_BLOCK::new(outcome.status, outcome.information);
-        }
-        // SAFETY: ours; after this call the IRP belongs to the I/O manager again.
-        unsafe { IofCompleteRequest(irp, IO_NETWORK_INCREMENT) };
+        // SAFETY: live and ours; completed once, here.
+        unsafe {
+            wsksend_wdm_runtime::device::complete(
+                irp,
+                outcome.status,
+                outcome.information,
+                IO_NETWORK_INCREMENT,
+            )
+        };
     }
 }
 
@@ -150,7 +152,7 @@ const DELAYED_WORK_QUEUE: i32 = 1;
 /// `PASSIVE_LEVEL` in a system worker thread (closing a socket must not happen in the
 /// cancel routine: Wine's `WskCloseSocket` blocks on the I/O it cancels).
 fn queue_deferred() {
-    let device = crate::DEVICE.load(core::sync::atomic::Ordering::Acquire);
+    let device = crate::DEVICE.get();
     // SAFETY: `device` is our device object, live while requests can be cancelled.
     let item = unsafe { IoAllocateWorkItem(device) };
     if item.is_null() {
