@@ -27,9 +27,9 @@ use core::time::Duration;
 use wsksend_engine::connection::{
     CancelOutcome, Completion, ConnectOptions, Connection, Payload, Refused, SendId, SendResult,
 };
+use wsksend_engine::global;
 use wsksend_engine::mdl::Segment;
 use wsksend_engine::sync::SpinLock;
-use wsksend_engine::{Error, global};
 use wsksend_ffi::status::{
     STATUS_BUFFER_TOO_SMALL, STATUS_CANCELLED, STATUS_INSUFFICIENT_RESOURCES,
     STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_HANDLE, STATUS_INVALID_PARAMETER,
@@ -170,7 +170,6 @@ struct PendingSend {
 
 /// Driver-wide counters of connections that are closed already (live ones are summed
 /// from their own counters).
-#[derive(Default)]
 struct Closed {
     sends: u64,
     bytes: u64,
@@ -285,7 +284,7 @@ impl<P: PendingIo> Dispatcher<P> {
             let mut table = self.connections.lock();
             if table.try_reserve(1).is_err() {
                 drop(table);
-                let _ = global::with_client(|c| c.close(&connection));
+                let _ = global::close(&connection);
                 return Outcome::fail(STATUS_INSUFFICIENT_RESOURCES);
             }
             table.push(Entry {
@@ -330,11 +329,9 @@ impl<P: PendingIo> Dispatcher<P> {
     /// Closes a connection taken out of the table (its pending sends complete) and
     /// keeps its counters.
     fn retire(&self, connection: &Arc<Connection>) {
-        let result = match global::with_client(|c| c.close(connection)) {
-            Err(e) if e == Error::NOT_READY => connection.close(),
-            other => other,
-        };
-        let _ = result;
+        // A close that times out leaves the connection to the provider; its counters
+        // are still worth keeping.
+        let _ = global::close(connection);
         let s = connection.stats();
         let mut closed = self.closed.lock();
         closed.sends += s.sends;

@@ -87,3 +87,18 @@ pub fn stop() {
         Client::shutdown(unsafe { PoolBox::from_raw(client) });
     }
 }
+
+/// Closes `connection` and forgets it in the client; while the driver is stopping (or
+/// before it started) closes it directly. Its pending sends complete first.
+///
+/// # Errors
+/// As [`Connection::close`](crate::connection::Connection::close).
+///
+/// # IRQL
+/// `PASSIVE_LEVEL`.
+pub fn close(connection: &alloc::sync::Arc<crate::connection::Connection>) -> Result {
+    match with_client(|client| client.close(connection)) {
+        Err(e) if e == Error::NOT_READY => connection.close(),
+        other => other,
+    }
+}

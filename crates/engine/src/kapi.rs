@@ -274,10 +274,5 @@ pub unsafe extern "system" fn WsksClose(handle: *mut c_void) -> NTSTATUS {
     }
     // SAFETY: the handle is a leaked `Box<Arc<Connection>>` given back for good.
     let conn = unsafe { alloc::boxed::Box::from_raw(handle.cast::<Arc<Connection>>()) };
-    let result = match global::with_client(|client| client.close(&conn)) {
-        // The driver is unloading (or not started): close it directly.
-        Err(e) if e == Error::NOT_READY => conn.close(),
-        other => other,
-    };
-    status_of(result)
+    status_of(global::close(&conn))
 }
