@@ -1198,20 +1198,7 @@ mod tests {
         } else {
             // SAFETY: the IRP is ours again (we return MORE_PROCESSING_REQUIRED).
             unsafe { wsksend_ffi::IoReuseIrp(l.irp, STATUS_UNSUCCESSFUL) };
-            // SAFETY: as above.
-            unsafe {
-                wsksend_ffi::inline::IoSetCompletionRoutine(
-                    l.irp,
-                    Some(resubmit),
-                    ctx,
-                    true,
-                    true,
-                    true,
-                );
-            };
-            let f = dispatch(l.socket).WskSend.unwrap_or_else(|| unreachable!());
-            // SAFETY: live socket and buffer, armed IRP.
-            unsafe { f(l.socket, &raw mut l.buf, 0, l.irp) };
+            arm_and_send(l, ctx);
         }
         STATUS_MORE_PROCESSING_REQUIRED
     }
@@ -1235,7 +1222,7 @@ mod tests {
         // SAFETY: the boxed event has a stable address.
         unsafe { wsksend_ffi::KeInitializeEvent(&raw mut l.done, NotificationEvent, FALSE) };
         let ctx = (&raw mut *l).cast::<c_void>();
-        resubmit_first(&mut l, ctx);
+        arm_and_send(&mut l, ctx);
         let t = -50_000_000_i64; // 5 s
         // SAFETY: the event is initialised; `t` is readable.
         let r = unsafe {
@@ -1258,8 +1245,8 @@ mod tests {
         s.finish();
     }
 
-    fn resubmit_first(l: &mut Loop, ctx: *mut c_void) {
-        // SAFETY: the IRP is fresh and ours.
+    fn arm_and_send(l: &mut Loop, ctx: *mut c_void) {
+        // SAFETY: the IRP is fresh or reused, and ours.
         unsafe {
             wsksend_ffi::inline::IoSetCompletionRoutine(
                 l.irp,
