@@ -239,6 +239,13 @@ unsafe fn finish(device: WDFDEVICE) -> NTSTATUS {
         println!("WskSend: WdfDeviceCreateSymbolicLink failed {status:#010x}");
         return status;
     }
+    // The engine sets its completion routines with IoSetCompletionRoutineEx on this
+    // device object, so the image stays loaded until a running routine has returned.
+    // SAFETY: `device` is live.
+    let wdm = unsafe { call_unsafe_wdf_function_binding!(WdfDeviceWdmGetDeviceObject, device) };
+    // SAFETY: our device object; KMDF deletes it only after EvtDriverUnload, which runs
+    // `global::stop` (every IRP of the engine is completed by then).
+    unsafe { wsksend_engine::irp::set_device(wdm.cast()) };
     // SAFETY: `device` is live; PASSIVE_LEVEL.
     let status = unsafe { request::create_deferred_work(device) };
     if !NT_SUCCESS(status) {

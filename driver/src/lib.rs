@@ -126,7 +126,10 @@ pub unsafe extern "system" fn driver_entry(
     }
 
     // WskRegister only: the provider is captured by the first connect (rule 7).
-    if let Err(e) = global::start() {
+    // The device objects come later (AddDevice, or the control device below); until
+    // one is set, completion routines are set without a device reference.
+    // SAFETY: null is always allowed.
+    if let Err(e) = unsafe { global::start(core::ptr::null_mut()) } {
         let status = e.status();
         println!("WskSend: WskRegister failed {status:#010x}");
         return status;
@@ -135,7 +138,7 @@ pub unsafe extern "system" fn driver_entry(
         // SAFETY: `wdf_driver` was just created; we are at PASSIVE_LEVEL.
         let status = unsafe { device::create_control_device(wdf_driver) };
         if !NT_SUCCESS(status) {
-            global::stop();
+            let _ = global::stop();
             return status;
         }
     }
@@ -160,7 +163,9 @@ unsafe extern "C" fn evt_driver_unload(_driver: WDFDRIVER) {
     DISPATCHER.shutdown();
     // No request is pending any more, so no cancellation can defer another close.
     request::flush_deferred();
-    global::stop();
+    if global::stop().is_err() {
+        println!("WskSend: unload left engine objects allocated");
+    }
     println!("WskSend: unloaded");
 }
 

@@ -18,14 +18,14 @@ extern crate alloc;
 mod handshake;
 
 use alloc::boxed::Box;
-use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
 use core::time::Duration;
 
 use wsksend_engine::connection::{
-    CancelOutcome, Completion, ConnectOptions, Connection, Payload, Refused, SendId, SendResult,
+    CancelOutcome, CloseMode, Completion, ConnectOptions, Connection, Payload, Refused, SendId,
+    SendResult,
 };
 use wsksend_engine::global;
 use wsksend_engine::mdl::Segment;
@@ -144,7 +144,7 @@ pub struct Config {
 struct Entry {
     handle: u64,
     file: FileId,
-    connection: Arc<Connection>,
+    connection: Connection,
 }
 
 /// What the front end must do after [`Dispatcher::cancel`].
@@ -182,7 +182,7 @@ pub struct Dispatcher<P: PendingIo> {
     connections: SpinLock<Vec<Entry>>,
     pending: SpinLock<Vec<PendingSend>>,
     closed: SpinLock<Closed>,
-    aborts: SpinLock<Vec<Arc<Connection>>>,
+    aborts: SpinLock<Vec<Connection>>,
     next_handle: AtomicU64,
     next_request: AtomicU64,
     _token: core::marker::PhantomData<fn(P)>,
@@ -297,12 +297,12 @@ impl<P: PendingIo> Dispatcher<P> {
     }
 
     /// The connection `handle` if it belongs to `file`.
-    fn lookup(&self, file: FileId, handle: u64) -> Option<Arc<Connection>> {
+    fn lookup(&self, file: FileId, handle: u64) -> Option<Connection> {
         self.connections
             .lock()
             .iter()
             .find(|e| e.handle == handle && e.file == file)
-            .map(|e| Arc::clone(&e.connection))
+            .map(|e| e.connection.clone())
     }
 
     fn close(&self, file: FileId, input: &[u8]) -> Outcome {
@@ -328,7 +328,7 @@ impl<P: PendingIo> Dispatcher<P> {
 
     /// Closes a connection taken out of the table (its pending sends complete) and
     /// keeps its counters.
-    fn retire(&self, connection: &Arc<Connection>) {
+    fn retire(&self, connection: &Connection) {
         // A close that times out leaves the connection to the provider; its counters
         // are still worth keeping.
         let _ = global::close(connection);
@@ -351,11 +351,11 @@ impl<P: PendingIo> Dispatcher<P> {
             Err(e) => return Outcome::fail(wire_status(e)),
         };
         let stats = if req.handle == 0 {
-            let live: Vec<Arc<Connection>> = self
+            let live: Vec<Connection> = self
                 .connections
                 .lock()
                 .iter()
-                .map(|e| Arc::clone(&e.connection))
+                .map(|e| e.connection.clone())
                 .collect();
             let closed = self.closed.lock();
             let mut total = Stats {
@@ -530,7 +530,7 @@ impl<P: PendingIo> Dispatcher<P> {
         CancelAction::Done
     }
 
-    fn cancel_send(&self, connection: Arc<Connection>, send: SendId) -> CancelAction {
+    fn cancel_send(&self, connection: Connection, send: SendId) -> CancelAction {
         if connection.cancel(send) != CancelOutcome::NotHonoured {
             return CancelAction::Done;
         }
@@ -538,7 +538,7 @@ impl<P: PendingIo> Dispatcher<P> {
         if aborts.try_reserve(1).is_err() {
             // Out of memory: close here rather than leave the send hanging.
             drop(aborts);
-            connection.begin_close();
+            connection.begin_close(CloseMode::Abortive);
             return CancelAction::Done;
         }
         aborts.push(connection);
@@ -555,7 +555,7 @@ impl<P: PendingIo> Dispatcher<P> {
             let Some(connection) = self.aborts.lock().pop() else {
                 return;
             };
-            connection.begin_close();
+            connection.begin_close(CloseMode::Abortive);
         }
     }
 
@@ -608,7 +608,7 @@ impl<P: PendingIo> Dispatcher<P> {
     reason = "the engine's send borrows the locked direct buffer"
 )]
 fn engine_send(
-    connection: &Arc<Connection>,
+    connection: &Connection,
     payload: Payload<'_>,
     flags: u32,
     completion: Completion,

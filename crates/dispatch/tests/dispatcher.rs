@@ -231,7 +231,9 @@ struct Driver {
 impl Driver {
     fn start(carve: Carve) -> Self {
         lock(&PROBES).clear();
-        wsksend_engine::global::start().expect("global::start");
+        // SAFETY: the model's device object lives for the whole process.
+        unsafe { wsksend_engine::global::start(wsksend_kernel_model::device()) }
+            .expect("global::start");
         let d = Box::leak(Box::new(Dispatcher::new(Config { carve })));
         Self { d, running: true }
     }
@@ -240,7 +242,7 @@ impl Driver {
     fn stop(mut self) {
         self.running = false;
         self.d.shutdown();
-        wsksend_engine::global::stop();
+        wsksend_engine::global::stop().expect("global::stop");
         assert_eq!(self.d.connection_count(), 0);
         for probe in lock(&PROBES).drain(..) {
             probe.assert_settled();
@@ -252,7 +254,7 @@ impl Drop for Driver {
     fn drop(&mut self) {
         if self.running {
             self.d.shutdown();
-            wsksend_engine::global::stop();
+            let _ = wsksend_engine::global::stop();
         }
     }
 }

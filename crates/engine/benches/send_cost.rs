@@ -238,13 +238,7 @@ struct Tally {
 }
 
 /// Issues `count` sends of `bufs` (or of `chain`) and waits for their completions.
-fn send_many(
-    conn: &Arc<Connection>,
-    kind: Kind,
-    bufs: &Buffers,
-    chain: Option<&Chain>,
-    count: usize,
-) {
+fn send_many(conn: &Connection, kind: Kind, bufs: &Buffers, chain: Option<&Chain>, count: usize) {
     let tally = Arc::new(Tally::default());
     let length = bufs.mem.len();
     for _ in 0..count {
@@ -256,7 +250,7 @@ fn send_many(
             },
             _ => Payload::Nonpaged(&bufs.raw),
         };
-        let t = Arc::clone(&tally);
+        let t = tally.clone();
         let completion = Completion::Closure(Box::new(move |r| {
             if !NT_SUCCESS(r.status) {
                 t.failed.fetch_add(1, Ordering::Relaxed);
@@ -321,7 +315,7 @@ fn measure(kind: Kind, mdls: usize) -> Run {
     );
     client.close(&conn).expect("close");
     drop(conn);
-    Client::shutdown(client);
+    Client::shutdown(client).expect("shutdown");
     drop(chain);
     s.finish();
 

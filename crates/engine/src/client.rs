@@ -5,7 +5,6 @@
 //! `DriverEntry` (DESIGN.md rule 7) — and released at shutdown, after every connection
 //! is closed, right before `WskDeregister` (rule 8).
 
-use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::cell::UnsafeCell;
 use core::net::SocketAddr;
@@ -19,7 +18,7 @@ use wsksend_ffi::{
     WSK_VERSION_1_0, WskCaptureProviderNPI, WskDeregister, WskRegister, WskReleaseProviderNPI,
 };
 
-use crate::connection::{ConnectOptions, Connection};
+use crate::connection::{CloseMode, ConnectOptions, Connection};
 use crate::control::{self, RawAddr};
 use crate::error::to_result;
 use crate::pool::PoolBox;
@@ -51,7 +50,9 @@ pub struct Client {
     npi: UnsafeCell<WSK_PROVIDER_NPI>,
     npi_state: AtomicU8,
     npi_ready: Event,
-    connections: SpinLock<Vec<Arc<Connection>>>,
+    connections: SpinLock<Vec<Connection>>,
+    /// Polled by teardown waits (allocated up front, so teardown never fails to wait).
+    tick: Event,
 }
 
 // SAFETY: the registration and NPI are used by WSK from any thread; our writes to them
@@ -82,6 +83,7 @@ impl Client {
             npi_state: AtomicU8::new(NPI_NONE),
             npi_ready: Event::notification()?,
             connections: SpinLock::new(Vec::new()),
+            tick: Event::notification()?,
         })?;
         // SAFETY: both structures live in pool at a fixed address until `shutdown`
         // deregisters (type invariant).
@@ -153,7 +155,7 @@ impl Client {
     ///
     /// # IRQL
     /// `PASSIVE_LEVEL`.
-    pub fn connect(&self, remote: SocketAddr, options: &ConnectOptions) -> Result<Arc<Connection>> {
+    pub fn connect(&self, remote: SocketAddr, options: &ConnectOptions) -> Result<Connection> {
         let npi = self.provider()?;
         let limit = options.connect_timeout;
         let raw_remote = RawAddr::from_socket_addr(remote);
@@ -223,10 +225,45 @@ impl Client {
                 return Err(e);
             }
         };
-        let mut list = self.connections.lock();
-        list.try_reserve(1).map_err(|_| Error::NO_RESOURCES)?;
-        list.push(Arc::clone(&connection));
+        if let Err(e) = self.track(&connection) {
+            // Not tracked, so shutdown would never close it: close it now (the socket
+            // must not outlive the registration, or WskDeregister never returns).
+            let _ = connection.close_abortive();
+            return Err(e);
+        }
         Ok(connection)
+    }
+
+    /// Adds `connection` to the list shutdown closes; the list grows outside its spin
+    /// lock (a fallible allocation, never under the lock).
+    ///
+    /// # Errors
+    /// `STATUS_INSUFFICIENT_RESOURCES`.
+    fn track(&self, connection: &Connection) -> Result {
+        loop {
+            let needed = {
+                let mut list = self.connections.lock();
+                if list.len() < list.capacity() {
+                    list.push(connection.clone());
+                    return Ok(());
+                }
+                list.len()
+            };
+            let mut bigger: Vec<Connection> = Vec::new();
+            bigger
+                .try_reserve_exact((needed + 1).max(needed * 2).max(4))
+                .map_err(|_| Error::NO_RESOURCES)?;
+            let old = {
+                let mut list = self.connections.lock();
+                if bigger.capacity() <= list.len() {
+                    continue;
+                }
+                // Moves handles into reserved capacity: no allocation under the lock.
+                bigger.extend(list.drain(..));
+                core::mem::replace(&mut *list, bigger)
+            };
+            drop(old);
+        }
     }
 
     /// Closes `connection` (waiting for its sends) and forgets it.
@@ -236,16 +273,64 @@ impl Client {
     ///
     /// # IRQL
     /// `PASSIVE_LEVEL`.
-    pub fn close(&self, connection: &Arc<Connection>) -> Result {
+    pub fn close(&self, connection: &Connection) -> Result {
         let result = connection.close();
+        self.forget(connection);
+        result
+    }
+
+    /// Closes `connection` abortively (a reset on Windows) and forgets it.
+    ///
+    /// # Errors
+    /// As [`Connection::close_abortive`].
+    ///
+    /// # IRQL
+    /// `PASSIVE_LEVEL`.
+    pub fn close_abortive(&self, connection: &Connection) -> Result {
+        let result = connection.close_abortive();
+        self.forget(connection);
+        result
+    }
+
+    fn forget(&self, connection: &Connection) {
         let removed = {
             let mut list = self.connections.lock();
             list.iter()
-                .position(|c| Arc::ptr_eq(c, connection))
+                .position(|c| Connection::ptr_eq(c, connection))
                 .map(|i| list.swap_remove(i))
         };
         drop(removed);
-        result
+    }
+
+    /// Starts closing every connection (gracefully) without waiting, so that callers
+    /// blocked on them return; [`Self::shutdown`] then waits.
+    ///
+    /// # IRQL
+    /// <= `DISPATCH_LEVEL`.
+    pub fn begin_shutdown(&self) {
+        // No allocation: the handles are cloned into nothing; each close is started
+        // under the list's lock (begin_close does not wait).
+        let list = self.connections.lock();
+        for connection in list.iter() {
+            connection.begin_close(CloseMode::Graceful);
+        }
+    }
+
+    /// Starts closing every connection abortively (a reset on Windows), without
+    /// waiting: for teardown whose callers did not return after a graceful start.
+    ///
+    /// # IRQL
+    /// <= `DISPATCH_LEVEL`.
+    pub fn begin_abort(&self) {
+        let list = self.connections.lock();
+        for connection in list.iter() {
+            connection.begin_close(CloseMode::Abortive);
+        }
+    }
+
+    /// The event teardown polls with (nobody signals it).
+    pub(crate) fn tick(&self) -> &Event {
+        &self.tick
     }
 
     /// Connections currently open.
@@ -259,19 +344,42 @@ impl Client {
     ///
     /// # IRQL
     /// `PASSIVE_LEVEL`.
-    pub fn shutdown(this: PoolBox<Self>) {
+    ///
+    /// Returns only when every connection is closed and every shared engine object is
+    /// freed ([`crate::rundown`]), so that no completion path of ours still holds
+    /// IRPs or pool (DESIGN.md rule 12). The waits are bounded: if a connection did
+    /// not close within [`crate::connection::CLOSE_WAIT`] (a provider that never
+    /// completes its IRPs), deregistering would wait for ever, so the registration
+    /// and the client are left allocated instead; the result says so.
+    ///
+    /// # Errors
+    /// `STATUS_IO_TIMEOUT` when something was left allocated (see above).
+    ///
+    /// # IRQL
+    /// `PASSIVE_LEVEL`.
+    pub fn shutdown(this: PoolBox<Self>) -> Result {
+        this.begin_shutdown();
         let all = core::mem::take(&mut *this.connections.lock());
+        let mut stuck = false;
         for connection in &all {
-            let _ = connection.close();
+            stuck |= connection.close().is_err();
         }
         drop(all);
+        if stuck {
+            let _ = PoolBox::into_raw(this);
+            return Err(Error::TIMEOUT);
+        }
         if this.npi_state.load(Ordering::Acquire) == NPI_CAPTURED {
             // SAFETY: captured above and no provider call is in progress any more.
             unsafe { WskReleaseProviderNPI(this.registration.get()) };
         }
         // SAFETY: registered in `register`; every socket is closed.
         unsafe { WskDeregister(this.registration.get()) };
+        // Connections closed by others (kernel-API handles, the dispatcher) may still
+        // be finishing their completion paths: wait for the last object to go.
+        let idle = crate::rundown::wait_idle(&this.tick, crate::connection::CLOSE_WAIT);
         drop(this);
+        if idle { Ok(()) } else { Err(Error::TIMEOUT) }
     }
 }
 

@@ -1,17 +1,36 @@
 //! IRPs the engine allocates for its WSK calls (DESIGN.md rules 1 and 2).
 
 use core::ffi::c_void;
-use core::ptr::NonNull;
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicPtr, Ordering};
 
 use wsksend_ffi::inline::IoSetCompletionRoutine;
 use wsksend_ffi::status::STATUS_UNSUCCESSFUL;
-use wsksend_ffi::{FALSE, IRP, IoAllocateIrp, IoCancelIrp, IoFreeIrp, IoReuseIrp, NTSTATUS};
+use wsksend_ffi::{
+    DEVICE_OBJECT, FALSE, IRP, IoAllocateIrp, IoCancelIrp, IoFreeIrp, IoReuseIrp,
+    IoSetCompletionRoutineEx, NT_SUCCESS, NTSTATUS, TRUE,
+};
 
 use crate::{Error, Result};
 
 /// Stack locations of our IRPs: one, for the WSK provider (our completion routine
 /// lives in it).
 const STACK_SIZE: i8 = 1;
+
+/// The driver's device object, which `IoSetCompletionRoutineEx` references while one
+/// of our completion routines runs (null: plain `IoSetCompletionRoutine`).
+static DEVICE: AtomicPtr<DEVICE_OBJECT> = AtomicPtr::new(ptr::null_mut());
+
+/// Sets the device object that keeps the driver image loaded while our completion
+/// routines run (DESIGN.md rule 12). The front ends call it (through
+/// [`crate::global::start`]) before any IRP is sent; null turns it off.
+///
+/// # Safety
+/// `device` is null or a device object of this driver that outlives every IRP the
+/// engine sends (the front end deletes it only after [`crate::global::stop`]).
+pub unsafe fn set_device(device: *mut DEVICE_OBJECT) {
+    DEVICE.store(device, Ordering::Release);
+}
 
 /// Signature of the completion routines we set.
 pub type CompletionRoutine =
@@ -57,15 +76,45 @@ impl Irp {
     }
 
     /// Re-arms the IRP for another call (`IoReuseIrp`) and sets `routine` to run with
-    /// `context` on success, error and cancel.
+    /// `context` on success, error and cancel. With a device set ([`set_device`]) the
+    /// routine is set with `IoSetCompletionRoutineEx`, so the image stays loaded until
+    /// the routine has returned, even after our teardown has seen its last object go.
+    ///
+    /// # Errors
+    /// `STATUS_INSUFFICIENT_RESOURCES` (`IoSetCompletionRoutineEx` allocates); the IRP
+    /// is then unarmed and must not be sent.
     ///
     /// # Safety
     /// The IRP is not in flight, and `context` stays valid until `routine` has run.
-    pub unsafe fn prepare(&mut self, routine: CompletionRoutine, context: *mut c_void) {
+    pub unsafe fn prepare(&mut self, routine: CompletionRoutine, context: *mut c_void) -> Result {
         // SAFETY: not in flight (caller), so the IRP is ours to reset.
         unsafe { IoReuseIrp(self.as_ptr(), STATUS_UNSUCCESSFUL) };
-        // SAFETY: a reset IRP from IoAllocateIrp(1) has its one location below the current one.
-        unsafe { IoSetCompletionRoutine(self.as_ptr(), Some(routine), context, true, true, true) };
+        let device = DEVICE.load(Ordering::Acquire);
+        if device.is_null() {
+            // SAFETY: a reset IRP from IoAllocateIrp(1) has its one location below the
+            // current one.
+            unsafe {
+                IoSetCompletionRoutine(self.as_ptr(), Some(routine), context, true, true, true);
+            };
+            return Ok(());
+        }
+        // SAFETY: as above; `device` is our live device object (`set_device`).
+        let status = unsafe {
+            IoSetCompletionRoutineEx(
+                device,
+                self.as_ptr(),
+                Some(routine),
+                context,
+                TRUE,
+                TRUE,
+                TRUE,
+            )
+        };
+        if NT_SUCCESS(status) {
+            Ok(())
+        } else {
+            Err(Error::NO_RESOURCES)
+        }
     }
 
     /// `IoStatus` after completion: `(Status, Information)`.

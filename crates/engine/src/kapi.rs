@@ -14,7 +14,12 @@
 //! NTSTATUS WsksSendSync(PVOID Connection, const WSKS_BUFFER *Buffers, ULONG Count,
 //!                       ULONG Flags, ULONG TimeoutMs, SIZE_T *BytesSent); // PASSIVE_LEVEL
 //! NTSTATUS WsksClose(PVOID Connection);                                  // PASSIVE_LEVEL
+//! NTSTATUS WsksAbortiveClose(PVOID Connection);                          // PASSIVE_LEVEL
 //! ```
+//!
+//! `WsksClose` disconnects gracefully (posted sends finish, `WskDisconnect`, then
+//! `WskCloseSocket`; abortive after 10 s); `WsksAbortiveClose` resets at once.
+//! `WsksSendSync`'s `TimeoutMs` is at most 120,000 (larger: `STATUS_INVALID_PARAMETER`).
 //!
 //! The asynchronous sends return `STATUS_PENDING` when the send was accepted — `Complete`
 //! then runs exactly once, at <= `DISPATCH_LEVEL`, possibly before the call returns — or
@@ -27,7 +32,6 @@
     reason = "C names of the exported API"
 )]
 
-use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::ffi::c_void;
 use core::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -37,7 +41,9 @@ use core::time::Duration;
 use wsksend_ffi::status::{STATUS_INVALID_PARAMETER, STATUS_PENDING, STATUS_SUCCESS};
 use wsksend_ffi::{AF_INET, AF_INET6, MDL, NTSTATUS, SOCKADDR, SOCKADDR_IN, SOCKADDR_IN6};
 
-use crate::connection::{Completion, ConnectOptions, Connection, Payload, SendCallback};
+use crate::connection::{
+    Completion, ConnectOptions, Connection, MAX_SYNC_WAIT, Payload, SendCallback,
+};
 use crate::mdl::RawBuf;
 use crate::{Error, Result, global};
 
@@ -98,12 +104,16 @@ unsafe fn read_sockaddr(remote: *const SOCKADDR, length: u32) -> Result<SocketAd
 ///
 /// # Safety
 /// `handle` came from `WsksConnect` and has not been passed to `WsksClose`.
-unsafe fn connection<'a>(handle: *mut c_void) -> Result<&'a Arc<Connection>> {
+unsafe fn with_connection<T>(
+    handle: *mut c_void,
+    f: impl FnOnce(&Connection) -> Result<T>,
+) -> Result<T> {
     if handle.is_null() {
         return Err(Error::INVALID_PARAMETER);
     }
-    // SAFETY: the handle is a leaked `Box<Arc<Connection>>` (caller's contract).
-    Ok(unsafe { &*handle.cast::<Arc<Connection>>() })
+    // SAFETY: the handle is a connection context from `WsksConnect`, still given up
+    // (caller's contract).
+    unsafe { Connection::with_context(handle, f) }
 }
 
 /// `WsksConnect`: opens a TCP connection; `*Connection` receives the handle.
@@ -133,9 +143,8 @@ pub unsafe extern "system" fn WsksConnect(
     };
     status_of(global::with_client(|client| {
         let connection = client.connect(remote, &options)?;
-        let handle = alloc::boxed::Box::new(connection);
         // SAFETY: `out` is writable (caller's contract).
-        unsafe { out.write(alloc::boxed::Box::into_raw(handle).cast()) };
+        unsafe { out.write(connection.into_context()) };
         Ok(())
     }))
 }
@@ -166,16 +175,18 @@ pub unsafe extern "system" fn WsksSendMdl(
         return STATUS_INVALID_PARAMETER;
     };
     accepted(global::with_client(|_| {
-        // SAFETY: forwarded from the caller's contract.
-        let conn = unsafe { connection(handle)? };
         let payload = Payload::Mdl {
             chain,
             offset,
             length,
         };
-        // SAFETY: the caller keeps the chain locked until completion.
-        unsafe { conn.send(payload, flags, Completion::Callback { routine, context }) }
-            .map_err(Error::from)
+        let send = |conn: &Connection| {
+            // SAFETY: the caller keeps the chain locked until completion.
+            unsafe { conn.send(payload, flags, Completion::Callback { routine, context }) }
+                .map_err(Error::from)
+        };
+        // SAFETY: forwarded from the caller's contract.
+        unsafe { with_connection(handle, send) }
     }))
 }
 
@@ -217,18 +228,14 @@ pub unsafe extern "system" fn WsksSendBuffers(
     };
     accepted(global::with_client(|_| {
         // SAFETY: forwarded from the caller's contract.
-        let conn = unsafe { connection(handle)? };
-        // SAFETY: forwarded from the caller's contract.
         let raw = unsafe { raw_bufs(bufs, count)? };
-        // SAFETY: the caller keeps the buffers valid until completion.
-        unsafe {
-            conn.send(
-                Payload::Nonpaged(&raw),
-                flags,
-                Completion::Callback { routine, context },
-            )
-        }
-        .map_err(Error::from)
+        let send = |conn: &Connection| {
+            let completion = Completion::Callback { routine, context };
+            // SAFETY: the caller keeps the buffers valid until completion.
+            unsafe { conn.send(Payload::Nonpaged(&raw), flags, completion) }.map_err(Error::from)
+        };
+        // SAFETY: forwarded from the caller's contract.
+        unsafe { with_connection(handle, send) }
     }))
 }
 
@@ -246,14 +253,19 @@ pub unsafe extern "system" fn WsksSendSync(
     timeout_ms: u32,
     bytes_sent: *mut usize,
 ) -> NTSTATUS {
+    if u64::from(timeout_ms) > MAX_SYNC_WAIT.as_millis() as u64 {
+        return STATUS_INVALID_PARAMETER;
+    }
     status_of(global::with_client(|_| {
-        // SAFETY: forwarded from the caller's contract.
-        let conn = unsafe { connection(handle)? };
         // SAFETY: forwarded from the caller's contract.
         let raw = unsafe { raw_bufs(bufs, count)? };
         let limit = Duration::from_millis(u64::from(timeout_ms.max(1)));
-        // SAFETY: the buffers outlive this call, which waits for completion.
-        let sent = unsafe { conn.send_and_wait(Payload::Nonpaged(&raw), flags, limit)? };
+        let send = |conn: &Connection| {
+            // SAFETY: the buffers outlive this call, which waits for completion.
+            unsafe { conn.send_and_wait(Payload::Nonpaged(&raw), flags, limit) }
+        };
+        // SAFETY: forwarded from the caller's contract.
+        let sent = unsafe { with_connection(handle, send)? };
         if !bytes_sent.is_null() {
             // SAFETY: writable (caller).
             unsafe { bytes_sent.write(sent) };
@@ -272,7 +284,22 @@ pub unsafe extern "system" fn WsksClose(handle: *mut c_void) -> NTSTATUS {
     if handle.is_null() {
         return STATUS_INVALID_PARAMETER;
     }
-    // SAFETY: the handle is a leaked `Box<Arc<Connection>>` given back for good.
-    let conn = unsafe { alloc::boxed::Box::from_raw(handle.cast::<Arc<Connection>>()) };
+    // SAFETY: the handle is a connection context given back for good (caller).
+    let conn = unsafe { Connection::from_context(handle) };
     status_of(global::close(&conn))
+}
+
+/// `WsksAbortiveClose`: closes the connection abortively (`WskCloseSocket` at once, a
+/// reset on Windows: queued and posted sends fail) and frees the handle.
+///
+/// # Safety
+/// As [`WsksClose`].
+#[unsafe(no_mangle)]
+pub unsafe extern "system" fn WsksAbortiveClose(handle: *mut c_void) -> NTSTATUS {
+    if handle.is_null() {
+        return STATUS_INVALID_PARAMETER;
+    }
+    // SAFETY: the handle is a connection context given back for good (caller).
+    let conn = unsafe { Connection::from_context(handle) };
+    status_of(global::close_abortive(&conn))
 }

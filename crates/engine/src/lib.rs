@@ -20,8 +20,11 @@ mod error;
 pub mod global;
 pub mod irp;
 pub mod kapi;
+pub mod karc;
+pub mod log;
 pub mod mdl;
 pub mod pool;
+pub mod rundown;
 pub mod sync;
 
 pub use control::RawAddr;

@@ -18,7 +18,7 @@ use core::ptr::{self, NonNull};
 use wsksend_ffi::inline::{MmGetMdlByteCount, MmGetMdlVirtualAddress};
 use wsksend_ffi::{
     FALSE, IoAllocateMdl, IoBuildPartialMdl, IoFreeMdl, MDL, MDL_MAPPED_TO_SYSTEM_VA,
-    MDL_SOURCE_IS_NONPAGED_POOL, MmBuildMdlForNonPagedPool, WSK_BUF,
+    MDL_PAGES_LOCKED, MDL_PARTIAL, MDL_SOURCE_IS_NONPAGED_POOL, MmBuildMdlForNonPagedPool, WSK_BUF,
 };
 
 use crate::{Error, Result};
@@ -269,4 +269,27 @@ pub unsafe fn validate(buf: &WSK_BUF) -> Result {
     } else {
         Err(Error::INVALID_PARAMETER)
     }
+}
+
+/// Whether every MDL that `buf` reaches is locked or describes nonpaged memory
+/// (`MDL_PAGES_LOCKED`, `MDL_SOURCE_IS_NONPAGED_POOL`, or a partial MDL, which is as
+/// locked as its source): the cheap check of a kernel caller's chain that refuses
+/// what tcpip would otherwise bug-check on.
+///
+/// # Safety
+/// The chain is live; `validate` has accepted `buf`.
+pub unsafe fn check_locked(buf: &WSK_BUF) -> Result {
+    let ok = MDL_PAGES_LOCKED | MDL_SOURCE_IS_NONPAGED_POOL | MDL_PARTIAL;
+    let mut mdl = buf.Mdl;
+    let mut needed = buf.Length + buf.Offset as usize;
+    while !mdl.is_null() && needed > 0 {
+        // SAFETY: live (caller).
+        let m = unsafe { &*mdl };
+        if m.MdlFlags & ok == 0 {
+            return Err(Error::INVALID_PARAMETER);
+        }
+        needed = needed.saturating_sub(m.ByteCount as usize);
+        mdl = m.Next;
+    }
+    Ok(())
 }

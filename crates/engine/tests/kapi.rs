@@ -57,7 +57,8 @@ fn exported_api_connects_sends_and_closes() {
     // Before start: not ready.
     let sink = Sink::v4();
     assert_eq!(connect(sink.addr(), 0).0, STATUS_DEVICE_NOT_READY);
-    global::start().unwrap();
+    // SAFETY: the model's device object lives for the whole process.
+    unsafe { global::start(model::device()) }.unwrap();
     let (status, conn) = connect(sink.addr(), WSKS_CONNECT_NODELAY);
     assert_eq!(status, STATUS_SUCCESS);
     s.require_send_flags(WSK_FLAG_NODELAY);
@@ -137,7 +138,7 @@ fn exported_api_connects_sends_and_closes() {
     assert_eq!(sink.received(0), expected);
     // SAFETY: a live handle, not used again.
     assert_eq!(unsafe { WsksClose(conn) }, STATUS_SUCCESS);
-    global::stop();
+    global::stop().unwrap();
     drop(chain);
     s.finish();
 }
@@ -145,12 +146,13 @@ fn exported_api_connects_sends_and_closes() {
 #[test]
 fn unload_closes_connections_a_caller_left_open() {
     let s = model::session();
-    global::start().unwrap();
+    // SAFETY: the model's device object lives for the whole process.
+    unsafe { global::start(model::device()) }.unwrap();
     let sink = Sink::v6();
     let (status, conn) = connect(sink.addr(), 0);
     assert_eq!(status, STATUS_SUCCESS);
     // The driver unloads while the caller still holds the handle.
-    global::stop();
+    global::stop().unwrap();
     // The late close still works and frees the handle.
     // SAFETY: the handle is live until this call.
     assert_eq!(unsafe { WsksClose(conn) }, STATUS_SUCCESS);

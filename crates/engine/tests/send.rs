@@ -11,7 +11,9 @@ use std::time::Duration;
 use common::{Results, Rng, TestChain, bytes, connect, model, teardown};
 use model::{Fault, Op, SendMode, Sink};
 use wsksend_engine::Error;
-use wsksend_engine::connection::{CancelOutcome, ConnectOptions, Connection, Payload, SendId};
+use wsksend_engine::connection::{
+    CancelOutcome, CloseMode, ConnectOptions, Connection, Payload, SendId,
+};
 use wsksend_engine::mdl::{Carve, RawBuf, Segment};
 use wsksend_ffi::WSK_FLAG_NODELAY;
 use wsksend_ffi::status::{
@@ -22,13 +24,7 @@ use wsksend_ffi::status::{
 const WAIT: Duration = Duration::from_secs(10);
 
 /// Sends `data` as one owned payload and returns the completion's result.
-fn send_owned(
-    conn: &Arc<Connection>,
-    data: Vec<u8>,
-    flags: u32,
-    results: &Results,
-    tag: u64,
-) -> SendId {
+fn send_owned(conn: &Connection, data: Vec<u8>, flags: u32, results: &Results, tag: u64) -> SendId {
     // SAFETY: an owned payload borrows nothing.
     unsafe { conn.send(Payload::Owned(data), flags, results.completion(tag)) }
         .map_err(|r| r.error)
@@ -319,7 +315,7 @@ fn cancel_not_honoured_is_reported_and_close_completes_the_send() {
     s.inject(Op::Send, Fault::PendIgnoringCancel);
     let id = send_owned(&conn, bytes(0, 10), 0, &results, 1);
     assert_eq!(conn.cancel(id), CancelOutcome::NotHonoured);
-    conn.begin_close();
+    conn.begin_close(CloseMode::Abortive);
     assert_eq!(results.wait(1, WAIT)[0].1.status, STATUS_CANCELLED);
     // Closed: new sends are refused synchronously.
     // SAFETY: owned payload.
@@ -353,7 +349,7 @@ fn close_with_sends_in_flight_completes_them_first() {
     );
     assert!(conn.is_closing());
     drop(conn);
-    wsksend_engine::client::Client::shutdown(client);
+    wsksend_engine::client::Client::shutdown(client).expect("shutdown");
     s.finish();
 }
 
@@ -376,8 +372,8 @@ fn thousand_concurrent_sends_arrive_in_order() {
     let order = Arc::new(std::sync::Mutex::new(0u32));
     std::thread::scope(|scope| {
         for _ in 0..4 {
-            let conn = Arc::clone(&conn);
-            let order = Arc::clone(&order);
+            let conn = conn.clone();
+            let order = order.clone();
             let results = results.clone();
             scope.spawn(move || {
                 for _ in 0..250 {

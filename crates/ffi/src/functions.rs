@@ -12,8 +12,8 @@ use core::ffi::c_void;
 
 use crate::{
     BOOLEAN, DEVICE_OBJECT, DRIVER_OBJECT, EVENT_TYPE, IRP, KEVENT, KIRQL, KPROCESSOR_MODE,
-    KSPIN_LOCK, LOCK_OPERATION, MDL, NTSTATUS, POOL_TYPE, UNICODE_STRING, WSK_CLIENT_NPI,
-    WSK_PROVIDER_NPI, WSK_REGISTRATION,
+    KSPIN_LOCK, LOCK_OPERATION, MDL, NTSTATUS, PIO_COMPLETION_ROUTINE, POOL_TYPE, UNICODE_STRING,
+    WSK_CLIENT_NPI, WSK_PROVIDER_NPI, WSK_REGISTRATION,
 };
 
 #[cfg_attr(
@@ -42,6 +42,19 @@ unsafe extern "system" {
     pub fn IoCancelIrp(Irp: *mut IRP) -> BOOLEAN;
     /// `IofCompleteRequest` (what the `IoCompleteRequest` macro calls).
     pub fn IofCompleteRequest(Irp: *mut IRP, PriorityBoost: i8);
+    /// `IoSetCompletionRoutineEx`: like `IoSetCompletionRoutine`, but the I/O manager
+    /// holds a reference on `DeviceObject` until the routine has returned, so the
+    /// driver image cannot be unloaded under a running routine. Allocates: may fail
+    /// with `STATUS_INSUFFICIENT_RESOURCES`.
+    pub fn IoSetCompletionRoutineEx(
+        DeviceObject: *mut DEVICE_OBJECT,
+        Irp: *mut IRP,
+        CompletionRoutine: PIO_COMPLETION_ROUTINE,
+        Context: *mut c_void,
+        InvokeOnSuccess: BOOLEAN,
+        InvokeOnError: BOOLEAN,
+        InvokeOnCancel: BOOLEAN,
+    ) -> NTSTATUS;
     /// `IoAcquireCancelSpinLock`.
     pub fn IoAcquireCancelSpinLock(Irql: *mut KIRQL);
     /// `IoReleaseCancelSpinLock`.

@@ -21,8 +21,9 @@ use wsksend_ffi::{
     AF_INET, AF_INET6, DEVICE_OBJECT, DRIVER_OBJECT, ExAllocatePoolWithTag, ExFreePoolWithTag,
     Executive, FALSE, IO_NO_INCREMENT, IRP, IRP_MJ_CLOSE, IRP_MJ_CREATE, IRP_MJ_DEVICE_CONTROL,
     IoAllocateMdl, IoFreeMdl, KEVENT, KeInitializeEvent, KeSetEvent, KeWaitForSingleObject,
-    KernelMode, MDL, MmBuildMdlForNonPagedPool, NT_SUCCESS, NTSTATUS, NonPagedPoolNx,
-    NotificationEvent, SOCKADDR, SOCKADDR_IN, SOCKADDR_IN6, UNICODE_STRING, ascii_utf16,
+    KernelMode, MDL, MDL_PAGES_LOCKED, MDL_SOURCE_IS_NONPAGED_POOL, MmBuildMdlForNonPagedPool,
+    NT_SUCCESS, NTSTATUS, NonPagedPoolNx, NotificationEvent, SOCKADDR, SOCKADDR_IN, SOCKADDR_IN6,
+    UNICODE_STRING, ascii_utf16,
 };
 use wsksend_protocol::{
     ConnectRequest, FILE_ANY_ACCESS, FILE_DEVICE_WSKSEND, METHOD_BUFFERED, ctl_code,
@@ -325,6 +326,14 @@ fn run(req: &ConnectRequest, data: &[u8]) -> (NTSTATUS, usize) {
         } else {
             // SAFETY: the MDL describes nonpaged pool.
             unsafe { MmBuildMdlForNonPagedPool(mdl) };
+            // Wine 8's MmBuildMdlForNonPagedPool is a stub that sets no flag; WskSend
+            // (like tcpip) refuses an MDL that is neither locked nor nonpaged, so say
+            // what Windows' routine would have said: the memory is nonpaged pool.
+            // SAFETY: our fresh MDL, not yet shared with anyone.
+            let m = unsafe { &mut *mdl };
+            if m.MdlFlags & (MDL_SOURCE_IS_NONPAGED_POOL | MDL_PAGES_LOCKED) == 0 {
+                m.MdlFlags |= MDL_SOURCE_IS_NONPAGED_POOL;
+            }
             let mut wait = new_wait();
             // SAFETY: live connection; the MDL and `wait` outlive the completion.
             let accepted = unsafe {

@@ -76,6 +76,11 @@ pub enum Rule {
     /// An "infinite" wait lasted longer than the session's hang limit
     /// ([`Session::set_hang_limit`]); the wait gave up.
     Hang,
+    /// Driver code ran after the driver's unload returned ([`Session::unloaded`]): a
+    /// completion routine was called, a routine set without
+    /// `IoSetCompletionRoutineEx` was still running (the image would be unmapped under
+    /// it), or driver pool was freed.
+    RunAfterUnload,
     /// Any other misuse of a kernel or WSK routine (the detail says which), for example
     /// locking an MDL twice or resubmitting an IRP without `IoReuseIrp`.
     Misuse,
@@ -181,6 +186,11 @@ pub enum SendMode {
     Immediate,
     /// Return `STATUS_PENDING`; the socket's worker thread writes and completes.
     Pended,
+    /// Write inside `WskSend` (in call order), then complete each send on a thread of
+    /// its own and return `STATUS_PENDING`: completions of different sends run at once
+    /// on different threads, in any order, and often while the submitting thread is
+    /// still inside the driver just after the call — all of which Windows may do.
+    Concurrent,
 }
 
 /// The whole model state.
@@ -201,6 +211,18 @@ pub(crate) struct State {
     pub events: BTreeMap<usize, Arc<EventObj>>,
     pub sockets: BTreeMap<usize, SockRec>,
     pub registrations: BTreeMap<usize, RegRec>,
+    /// IRPs whose completion routine was set with `IoSetCompletionRoutineEx`, with the
+    /// device object the I/O manager references until the routine returns.
+    pub ex_routines: BTreeMap<usize, usize>,
+    /// Completion routines of driver-allocated IRPs running now, and how many of them
+    /// were set without `IoSetCompletionRoutineEx`.
+    pub routines_running: usize,
+    pub plain_routines_running: usize,
+    /// The test said the driver's unload has returned.
+    pub unloaded: bool,
+    /// Test code to run at the next `IoSetCompletionRoutineEx` (a driver preparing an
+    /// IRP for a provider call): lets a test act in exactly that window.
+    pub on_arm: VecDeque<Box<dyn FnOnce() + Send>>,
 }
 
 impl State {
@@ -221,6 +243,11 @@ impl State {
             events: BTreeMap::new(),
             sockets: BTreeMap::new(),
             registrations: BTreeMap::new(),
+            ex_routines: BTreeMap::new(),
+            routines_running: 0,
+            plain_routines_running: 0,
+            unloaded: false,
+            on_arm: VecDeque::new(),
         }
     }
 
@@ -309,6 +336,48 @@ impl Session {
     /// fails its test instead of hanging it.
     pub fn set_hang_limit(&self, limit: Duration) {
         state().hang_limit = limit;
+    }
+
+    /// Sets how sends without an injected fault complete, as [`Self::set_send_mode`].
+    /// Declares that the driver's unload (or teardown) has just returned: from now on
+    /// any completion routine called, any routine still running that was set without
+    /// `IoSetCompletionRoutineEx`, and any free of driver pool is a
+    /// [`Rule::RunAfterUnload`]. (A routine set with `IoSetCompletionRoutineEx` may
+    /// still be returning: the I/O manager's device reference keeps the image.)
+    pub fn unloaded(&self) {
+        let mut st = state();
+        st.unloaded = true;
+        let plain = st.plain_routines_running;
+        if plain > 0 {
+            st.violate(
+                Rule::RunAfterUnload,
+                format!(
+                    "{plain} completion routine(s) set without IoSetCompletionRoutineEx still \
+                     running when unload returned"
+                ),
+            );
+        }
+    }
+
+    /// Runs `f` (on the driver's thread, without model locks held) when the driver
+    /// next calls `IoSetCompletionRoutineEx`, that is while it prepares an IRP right
+    /// before a provider call: a race that Windows allows (another thread acting in
+    /// that window) made deterministic.
+    pub fn on_next_arm(&self, f: impl FnOnce() + Send + 'static) {
+        state().on_arm.push_back(Box::new(f));
+    }
+
+    /// A device object for `IoSetCompletionRoutineEx` (the model's front ends have
+    /// none of their own).
+    #[must_use]
+    pub fn device(&self) -> *mut wsksend_ffi::DEVICE_OBJECT {
+        crate::irp::model_device()
+    }
+
+    /// Completion routines of driver-allocated IRPs running right now.
+    #[must_use]
+    pub fn routines_running(&self) -> usize {
+        state().routines_running
     }
 
     /// Violations recorded so far.
@@ -400,6 +469,18 @@ impl Drop for Session {
 
 /// Waits for the provider to go idle, then returns every violation including leaks.
 fn collect_final() -> Vec<Violation> {
+    // Leaks are only leaks once every completion routine has returned: a routine may
+    // still be freeing what it owns.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while state().routines_running > 0 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(1));
+    }
+    if state().routines_running > 0 {
+        violation(
+            Rule::Hang,
+            "a completion routine still running 5 s after the test ended",
+        );
+    }
     if !wait_idle(Duration::from_secs(2)) {
         violation(
             Rule::Leak,

@@ -114,6 +114,61 @@ kernel_export! {
     }
 }
 
+/// The device object the model hands to tests for `IoSetCompletionRoutineEx` (the
+/// model's `IoCreateDevice` makes none).
+#[must_use]
+pub fn model_device() -> *mut DEVICE_OBJECT {
+    static DEVICE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    // A block the size of a DEVICE_OBJECT that nobody reads: only its address matters.
+    *DEVICE.get_or_init(|| Box::into_raw(Box::new([0u64; 48])) as usize) as *mut DEVICE_OBJECT
+}
+
+kernel_export! {
+    /// `IoSetCompletionRoutineEx`: sets the routine on the next stack location (as
+    /// `IoSetCompletionRoutine`) and records that the I/O manager holds a reference on
+    /// `DeviceObject` until the routine has returned. An injected
+    /// [`crate::Fault::Fail`] on [`Op::AllocIrp`]... is not used here: the allocation it
+    /// makes fails only under the low-resources simulation.
+    ///
+    /// # Safety
+    /// `Irp` is a live IRP with a location below the current one.
+    fn IoSetCompletionRoutineEx(
+        DeviceObject: *mut DEVICE_OBJECT,
+        Irp: *mut IRP,
+        CompletionRoutine: wsksend_ffi::PIO_COMPLETION_ROUTINE,
+        Context: *mut core::ffi::c_void,
+        InvokeOnSuccess: BOOLEAN,
+        InvokeOnError: BOOLEAN,
+        InvokeOnCancel: BOOLEAN,
+    ) -> NTSTATUS {
+        check_irql("IoSetCompletionRoutineEx", DISPATCH_LEVEL);
+        if DeviceObject.is_null() {
+            violation(Rule::Misuse, "IoSetCompletionRoutineEx with a NULL device object");
+            return STATUS_INVALID_PARAMETER;
+        }
+        // SAFETY: forwarded from the caller's contract.
+        unsafe {
+            wsksend_ffi::inline::IoSetCompletionRoutine(
+                Irp,
+                CompletionRoutine,
+                Context,
+                InvokeOnSuccess != 0,
+                InvokeOnError != 0,
+                InvokeOnCancel != 0,
+            );
+        }
+        let hook = {
+            let mut st = state();
+            st.ex_routines.insert(Irp as usize, DeviceObject as usize);
+            st.on_arm.pop_front()
+        };
+        if let Some(hook) = hook {
+            hook();
+        }
+        wsksend_ffi::status::STATUS_SUCCESS
+    }
+}
+
 kernel_export! {
     /// `IoFreeIrp`. Freeing an IRP the provider owns is a [`Rule::IrpFreedInFlight`]
     /// (the provider then drops it silently instead of completing it).
@@ -171,6 +226,7 @@ kernel_export! {
         }
         rec.completed = false;
         let (layout, stack_size) = (rec.layout, rec.stack_size);
+        st.ex_routines.remove(&(Irp as usize));
         // SAFETY: the IRP is live and not in flight, so its block is ours to read.
         let flags = unsafe { (*Irp).AllocationFlags };
         // SAFETY: the block is `layout` and nobody else accesses an IRP the driver is
@@ -452,12 +508,34 @@ pub(crate) fn complete_request(irp: *mut IRP) {
                 } else {
                     ptr::null_mut()
                 };
+                let ex = driver_allocated && {
+                    let mut st = state();
+                    let ex = st.ex_routines.remove(&(irp as usize)).is_some();
+                    if st.unloaded {
+                        st.violate(
+                            Rule::RunAfterUnload,
+                            format!("completion routine of IRP {irp:p} called after unload"),
+                        );
+                    }
+                    st.routines_running += 1;
+                    if !ex {
+                        st.plain_routines_running += 1;
+                    }
+                    ex
+                };
                 let result = {
                     let _dpc = IrqlGuard::raise(DISPATCH_LEVEL);
                     // SAFETY: the routine and context were set on this location by the
                     // IRP's owner for exactly this call.
                     unsafe { routine(device, irp, context) }
                 };
+                if driver_allocated {
+                    let mut st = state();
+                    st.routines_running -= 1;
+                    if !ex {
+                        st.plain_routines_running -= 1;
+                    }
+                }
                 ran = true;
                 if result == STATUS_MORE_PROCESSING_REQUIRED {
                     return;

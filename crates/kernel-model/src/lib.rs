@@ -29,12 +29,14 @@ mod checker;
 pub mod irp;
 pub mod mdl;
 pub mod pool;
+mod reset;
 mod sink;
 mod socket;
 pub mod sync;
 pub mod wsk;
 
 pub use checker::{Fault, Op, Rule, SendMode, SendRecord, Session, Violation, session};
+pub use irp::model_device as device;
 pub use sink::Sink;
 
 /// Defines an exported kernel routine and checks at compile time that its signature is

@@ -77,6 +77,12 @@ kernel_export! {
         check_irql("ExFreePoolWithTag", DISPATCH_LEVEL);
         let addr = P as usize;
         let mut st = state();
+        if st.unloaded {
+            st.violate(
+                Rule::RunAfterUnload,
+                format!("ExFreePoolWithTag({P:p}) after unload returned"),
+            );
+        }
         let Some(rec) = st.pool.remove(&addr) else {
             if st.freed_pool.contains(&addr) {
                 st.violate(Rule::DoubleFree, format!("ExFreePoolWithTag({P:p}) freed twice"));

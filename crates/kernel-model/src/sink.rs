@@ -35,6 +35,9 @@ struct Conn {
     data: Vec<u8>,
     reset_requested: bool,
     closed: bool,
+    /// How the peer ended the stream: `Some(true)` a clean end of stream (FIN),
+    /// `Some(false)` a reset or another read error.
+    clean_end: Option<bool>,
 }
 
 impl Sink {
@@ -104,6 +107,14 @@ impl Sink {
     #[must_use]
     pub fn closed(&self, i: usize) -> bool {
         lock(&self.shared.conns).get(i).is_some_and(|c| c.closed)
+    }
+
+    /// How connection `i` ended: `Some(true)` with a clean end of stream (the peer's
+    /// FIN), `Some(false)` with a reset (or another read error), `None` while open or
+    /// ended by the sink itself.
+    #[must_use]
+    pub fn ended_cleanly(&self, i: usize) -> Option<bool> {
+        lock(&self.shared.conns).get(i).and_then(|c| c.clean_end)
     }
 
     /// Waits until `n` connections were accepted; returns whether they were.
@@ -214,7 +225,10 @@ fn read_loop(stream: TcpStream, index: usize, shared: &Shared) {
             continue;
         }
         match reader.read(&mut buf) {
-            Ok(0) => open = false,
+            Ok(0) => {
+                lock(&shared.conns)[index].clean_end = Some(true);
+                open = false;
+            }
             Ok(n) => {
                 lock(&shared.conns)[index].data.extend_from_slice(&buf[..n]);
                 shared.cv.notify_all();
@@ -224,7 +238,10 @@ fn read_loop(stream: TcpStream, index: usize, shared: &Shared) {
                     e.kind(),
                     ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
                 ) => {}
-            Err(_) => open = false,
+            Err(_) => {
+                lock(&shared.conns)[index].clean_end = Some(false);
+                open = false;
+            }
         }
     }
     drop(stream);

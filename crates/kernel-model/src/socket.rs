@@ -173,6 +173,7 @@ impl SockShared {
         fault: Option<Fault>,
         pend_by_default: bool,
         max_pending: usize,
+        concurrent: bool,
     ) -> NTSTATUS {
         let default = if pend_by_default {
             Plan::Queue(None)
@@ -248,6 +249,17 @@ impl SockShared {
                     }
                 };
                 self.finish_operation();
+                if concurrent {
+                    // Complete on a thread of its own, racing the caller and the
+                    // completions of other sends.
+                    mark_pending(irp as *mut IRP);
+                    let shared = Arc::clone(self);
+                    spawn_helper(move || {
+                        complete(g, irp, status, information);
+                        shared.completion_done();
+                    });
+                    return STATUS_PENDING;
+                }
                 if return_pending {
                     mark_pending(irp as *mut IRP);
                 }
@@ -348,7 +360,7 @@ impl SockShared {
         let close = {
             let mut inner = self.lock();
             inner.completing -= 1;
-            if inner.closing && !inner.writing && inner.completing == 0 {
+            if inner.closing && !inner.writing {
                 inner.close_irp.take()
             } else {
                 None
@@ -431,12 +443,12 @@ impl SockShared {
                     return (STATUS_INVALID_CONNECTION, 0);
                 };
                 inner.disconnected = true;
-                let how = if abortive {
-                    Shutdown::Both
+                drop(inner);
+                if abortive {
+                    crate::reset::reset(&stream);
                 } else {
-                    Shutdown::Write
-                };
-                let _ = stream.shutdown(how);
+                    let _ = stream.shutdown(Shutdown::Write);
+                }
                 (STATUS_SUCCESS, 0)
             }
         }
@@ -553,19 +565,28 @@ impl SockShared {
 
     /// `WskCloseSocket` after the IRP was taken.
     pub(crate) fn close(&self, irp: usize, fault: Option<Fault>) -> NTSTATUS {
-        let (queued, parked, stream) = {
+        let (queued, parked, stream, disconnected) = {
             let mut inner = self.lock();
             inner.closing = true;
             (
                 std::mem::take(&mut inner.queue),
                 std::mem::take(&mut inner.parked),
                 inner.stream.clone(),
+                inner.disconnected,
             )
         };
         self.cv.notify_all();
         if let Some(stream) = stream {
-            // Unblocks a write in progress on the worker.
-            let _ = stream.shutdown(Shutdown::Both);
+            if disconnected {
+                // Already disconnected (our side's end of stream is sent): unblock
+                // anything still waiting.
+                let _ = stream.shutdown(Shutdown::Both);
+            } else {
+                // Windows: "WskCloseSocket always performs an abortive disconnect ...
+                // unless the socket is already fully disconnected": the peer sees a
+                // reset, and a write in progress on the worker fails.
+                crate::reset::reset(&stream);
+            }
         }
         let g = self.generation;
         for p in parked {
@@ -579,8 +600,11 @@ impl SockShared {
             complete(g, job.irp, STATUS_CANCELLED, 0);
         }
         {
+            // Windows completes the close once no operation is in progress on the
+            // socket, even while completion routines of its other IRPs are still
+            // running (they may return after the close's routine has run).
             let mut inner = self.lock();
-            if inner.writing || inner.completing > 0 {
+            if inner.writing {
                 mark_pending(irp as *mut IRP);
                 inner.close_irp = Some(irp);
                 return STATUS_PENDING;

@@ -478,7 +478,7 @@ fn address_op(
     } else {
         Work::Connect(addr)
     };
-    shared.submit(irp as usize, work, fault, false, usize::MAX)
+    shared.submit(irp as usize, work, fault, false, usize::MAX, false)
 }
 
 unsafe extern "system" fn wsk_send(
@@ -555,6 +555,7 @@ fn buffer_op(
         }
     };
     let (pended, max_pending) = (st.send_mode == crate::SendMode::Pended, st.max_pending);
+    let concurrent = op == Op::Send && st.send_mode == crate::SendMode::Concurrent;
     drop(st);
     let work = if op == Op::Send {
         Work::Send {
@@ -569,7 +570,14 @@ fn buffer_op(
         }
     };
     let pend_by_default = op == Op::Send && pended;
-    shared.submit(irp as usize, work, fault, pend_by_default, max_pending)
+    shared.submit(
+        irp as usize,
+        work,
+        fault,
+        pend_by_default,
+        max_pending,
+        concurrent,
+    )
 }
 
 unsafe extern "system" fn wsk_close_socket(socket: *mut WSK_SOCKET, irp: *mut IRP) -> NTSTATUS {

@@ -62,7 +62,12 @@ pub unsafe extern "system" fn driver_entry(
         return status;
     }
     // WskRegister only: the provider is captured by the first connect (rule 7).
-    if let Err(e) = wsksend_engine::global::start() {
+    wsksend_engine::log::set_logger(|message| log::print(message, 0, 0));
+    // No device for IoSetCompletionRoutineEx: Wine 8 exports it as an unimplemented
+    // stub that aborts the process (the KMDF front end, for Windows, sets one). Our
+    // teardown still waits for every in-flight holder (`wsksend_engine::rundown`).
+    // SAFETY: null is always allowed.
+    if let Err(e) = unsafe { wsksend_engine::global::start(ptr::null_mut()) } {
         log!(
             "WskSend: WskRegister failed %08x\n",
             e.status().cast_unsigned()
@@ -87,7 +92,13 @@ pub unsafe extern "system" fn driver_entry(
 unsafe extern "system" fn driver_unload(_driver: *mut DRIVER_OBJECT) {
     // Every connection closes (pending sends complete) before WskDeregister (rule 8).
     DISPATCHER.shutdown();
-    wsksend_engine::global::stop();
+    if let Err(e) = wsksend_engine::global::stop() {
+        // Something is still in use (and deliberately left allocated): say so.
+        log!(
+            "WskSend: unload left engine objects allocated (%08x)\n",
+            e.status().cast_unsigned()
+        );
+    }
     // SAFETY: the driver is unloading: no request can arrive.
     unsafe { DEVICE.delete() };
     log!("WskSend: unloaded\n");

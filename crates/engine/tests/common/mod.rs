@@ -57,7 +57,7 @@ impl Results {
 }
 
 /// A registered client and a connection to `sink`.
-pub fn connect(sink: SocketAddr, options: &ConnectOptions) -> (PoolBox<Client>, Arc<Connection>) {
+pub fn connect(sink: SocketAddr, options: &ConnectOptions) -> (PoolBox<Client>, Connection) {
     let client = Client::register().expect("WskRegister");
     let conn = client.connect(sink, options).expect("connect");
     (client, conn)
@@ -65,10 +65,10 @@ pub fn connect(sink: SocketAddr, options: &ConnectOptions) -> (PoolBox<Client>, 
 
 /// Closes `conn` and shuts the client down; the connection's memory goes with the
 /// last reference, which the test hands over here (before the checker looks for leaks).
-pub fn teardown(client: PoolBox<Client>, conn: Arc<Connection>) {
+pub fn teardown(client: PoolBox<Client>, conn: Connection) {
     client.close(&conn).expect("close");
     drop(conn);
-    Client::shutdown(client);
+    Client::shutdown(client).expect("shutdown");
 }
 
 /// An MDL chain over `parts` (each described as nonpaged, locked), owned by the test.
