@@ -177,7 +177,11 @@ fn build_tree(wdk: &Path, kmdf: &Path) -> Result<PathBuf> {
         &km.join("crt").join("ntstrsafe.h"),
         include_bytes!("../kmdf/ntstrsafe.h"),
     )?;
+    // Only links: made afresh, so none is left over from another header location.
     let wdf = include.join("wdf").join("kmdf").join(KMDF_VERSION);
+    if wdf.exists() {
+        fs::remove_dir_all(&wdf).map_err(|e| format!("remove {}: {e}", wdf.display()))?;
+    }
     fs::create_dir_all(&wdf).map_err(|e| format!("create {}: {e}", wdf.display()))?;
     link_each(kmdf, &wdf)?;
     link_other_cases(&wdf)?;
