@@ -201,15 +201,18 @@ pub unsafe extern "C" fn evt_io_device_control(
     let file = unsafe { call_unsafe_wdf_function_binding!(WdfRequestGetFileObject, request) };
     // SAFETY: a live request presented to us: its IRP stays valid until we complete it.
     let irp = unsafe { call_unsafe_wdf_function_binding!(WdfRequestWdmGetIrp, request) };
-    // SAFETY: the request's IRP (never null for a presented request), ours to read.
-    let irp = unsafe { &*irp };
     let layout = BufferLayout::of(code, input_len, output_len);
-    let direct = layout.direct_len.and_then(|len| {
-        NonNull::new(irp.MdlAddress.cast::<wsksend_ffi::MDL>()).map(|mdl| DirectBuffer { mdl, len })
-    });
-    // SAFETY: reading the pointer member of the IRP's AssociatedIrp union, which the I/O
-    // manager sets for a device-control request.
-    let system_ptr = unsafe { irp.AssociatedIrp.SystemBuffer }.cast::<u8>();
+    // SAFETY: the request's IRP (never null for a presented request); reading one field
+    // the I/O manager set before dispatching (no reference to the whole IRP, whose other
+    // fields, such as `Cancel`, other threads may write).
+    let mdl = unsafe { (*irp).MdlAddress }.cast::<wsksend_ffi::MDL>();
+    let direct = layout
+        .direct_len
+        .and_then(|len| NonNull::new(mdl).map(|mdl| DirectBuffer { mdl, len }));
+    // SAFETY: as above.
+    let associated = unsafe { (*irp).AssociatedIrp };
+    // SAFETY: `SystemBuffer` is the member of the union a device-control request uses.
+    let system_ptr = unsafe { associated.SystemBuffer }.cast::<u8>();
     let system: &mut [u8] = if layout.system_len == 0 {
         &mut []
     } else if system_ptr.is_null() {
