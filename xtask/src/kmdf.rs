@@ -475,7 +475,8 @@ fn environment(wdk: &Path, work: &Path) -> Result<Vec<(&'static str, String)>> {
 }
 
 /// Runs `job` and puts `Cargo.lock` back as it was (the `wdk-build` patch makes cargo
-/// rewrite it), whether or not `job` succeeds.
+/// rewrite it), whether or not `job` succeeds. (A check killed midway can leave it
+/// rewritten: `git checkout Cargo.lock` undoes that.)
 fn with_lockfile_restored(job: impl FnOnce() -> Result) -> Result {
     let lock = root().join("Cargo.lock");
     let saved = fs::read(&lock).map_err(|e| format!("read Cargo.lock: {e}"))?;
