@@ -5,8 +5,10 @@
 //! `/ENTRY:FxDriverEntry`, the WDK library paths). It fails unless the C runtime is linked
 //! statically (`+crt-static`; the root Makefile.toml sets it for `cargo make`).
 //!
-//! Only Windows builds with the WDK run it: Linux builds never compile `driver/` (it is
-//! not a default workspace member, and `wdk-build` does not build on Linux).
+//! Windows builds with the WDK run it. On Linux plain builds never compile `driver/` (it
+//! is not a default workspace member, and no `wdk-build` release builds on Linux); only
+//! `cargo xtask check-kmdf` runs it, with a patched `wdk-build` and a WDK-shaped folder of
+//! public headers, for `cargo check` and `cargo clippy` (nothing is linked).
 
 fn main() -> Result<(), wdk_build::ConfigError> {
     wdk_build::configure_wdk_binary_build()

@@ -1,5 +1,6 @@
 //! WskSend's KMDF front end: the driver the product ships (ring 2, built on Windows with
-//! the WDK by `cargo make`).
+//! the WDK by `cargo make`; type-checked and linted on Linux by `cargo xtask check-kmdf`,
+//! ring 2a).
 //!
 //! It is the KMDF twin of the WDM front end in `crates/wdm`, and like it does only what
 //! the driver model requires: create the driver and its device (name, symbolic link,

@@ -16,16 +16,15 @@ use core::sync::atomic::{AtomicPtr, Ordering};
 
 use wdk::println;
 use wdk_sys::{
-    NT_SUCCESS, NTSTATUS, PCWDF_OBJECT_CONTEXT_TYPE_INFO, PMDL, PVOID, STATUS_CANCELLED,
+    NT_SUCCESS, NTSTATUS, PCWDF_OBJECT_CONTEXT_TYPE_INFO, STATUS_CANCELLED,
     STATUS_INVALID_PARAMETER, ULONG, ULONG_PTR, WDF_OBJECT_ATTRIBUTES,
     WDF_OBJECT_CONTEXT_TYPE_INFO, WDF_WORKITEM_CONFIG, WDFDEVICE, WDFFILEOBJECT, WDFOBJECT,
     WDFQUEUE, WDFREQUEST, WDFWORKITEM, call_unsafe_wdf_function_binding,
 };
 use wsksend_dispatch::{
-    CancelAction, CancelHandshake, DirectBuffer, Disposition, FileId, Outcome, PendingIo, Request,
-    RequestId,
+    BufferLayout, CancelAction, CancelHandshake, DirectBuffer, Disposition, FileId, Outcome,
+    PendingIo, Request, RequestId,
 };
-use wsksend_protocol as protocol;
 
 use crate::{DISPATCHER, object_attributes, size_ulong};
 
@@ -181,6 +180,9 @@ unsafe fn finish(request: WDFREQUEST, outcome: Outcome) {
 /// `EvtIoDeviceControl` of the default queue (at `PASSIVE_LEVEL`: the queue's execution
 /// level): hands the request to the dispatcher and completes it if the dispatcher is done.
 ///
+/// The buffers are read from the request's IRP with the dispatcher's [`BufferLayout`],
+/// exactly as the WDM front end reads its own IRP.
+///
 /// # Safety
 /// Called by KMDF with a device-control request it presents to us.
 pub unsafe extern "C" fn evt_io_device_control(
@@ -197,144 +199,40 @@ pub unsafe extern "C" fn evt_io_device_control(
     };
     // SAFETY: a live request; every request of our device has a file object.
     let file = unsafe { call_unsafe_wdf_function_binding!(WdfRequestGetFileObject, request) };
-    // SAFETY: a live device-control request we own; the buffers stay valid until it
-    // completes, and the dispatcher touches them only while it owns the request.
-    let (system, output_len, direct) =
-        match unsafe { buffers(request, code, input_len, output_len) } {
-            Ok(buffers) => buffers,
-            Err(status) => {
-                return pending.complete(Outcome {
-                    status,
-                    information: 0,
-                });
-            }
-        };
+    // SAFETY: a live request presented to us: its IRP stays valid until we complete it.
+    let irp = unsafe { call_unsafe_wdf_function_binding!(WdfRequestWdmGetIrp, request) };
+    let layout = BufferLayout::of(code, input_len, output_len);
+    // SAFETY: the request's IRP (never null for a presented request); reading one field
+    // the I/O manager set before dispatching (no reference to the whole IRP, whose other
+    // fields, such as `Cancel`, other threads may write).
+    let mdl = unsafe { (*irp).MdlAddress }.cast::<wsksend_ffi::MDL>();
+    let direct = layout
+        .direct_len
+        .and_then(|len| NonNull::new(mdl).map(|mdl| DirectBuffer { mdl, len }));
+    // SAFETY: as above.
+    let associated = unsafe { (*irp).AssociatedIrp };
+    // SAFETY: `SystemBuffer` is the member of the union a device-control request uses.
+    let system_ptr = unsafe { associated.SystemBuffer }.cast::<u8>();
+    let system: &mut [u8] = if layout.system_len == 0 {
+        &mut []
+    } else if system_ptr.is_null() {
+        return pending.complete(Outcome::fail(STATUS_INVALID_PARAMETER));
+    } else {
+        // SAFETY: the I/O manager allocated the system buffer with `system_len` bytes for
+        // this method; we own it until the request completes, and nothing else aliases it.
+        unsafe { slice::from_raw_parts_mut(system_ptr, layout.system_len) }
+    };
     let disposition = DISPATCHER.device_control(Request {
         file: FileId(file.addr()),
         code,
         system,
         input_len,
-        output_len,
+        output_len: layout.output_len,
         direct,
         pending,
     });
     if let Disposition::Complete(outcome, pending) = disposition {
         pending.complete(outcome);
-    }
-}
-
-/// The request's buffers as [`Request`] describes them: for `METHOD_BUFFERED` the one
-/// system buffer of `max(input, output)` bytes (input and output share it) and the output
-/// length; for the direct methods the input (system) buffer, an output length of 0 and
-/// the locked second buffer's MDL; nothing for `METHOD_NEITHER`, which this interface
-/// never uses.
-///
-/// # Safety
-/// `request` is a live device-control request we own with these lengths and code; the
-/// slice is valid until it completes.
-unsafe fn buffers<'a>(
-    request: WDFREQUEST,
-    code: u32,
-    input_len: usize,
-    output_len: usize,
-) -> Result<(&'a mut [u8], usize, Option<DirectBuffer>), NTSTATUS> {
-    match protocol::method_of(code) {
-        protocol::METHOD_BUFFERED => {
-            let len = input_len.max(output_len);
-            if len == 0 {
-                return Ok((&mut [], output_len, None));
-            }
-            let mut buffer: PVOID = ptr::null_mut();
-            // Both calls return Irp->AssociatedIrp.SystemBuffer for METHOD_BUFFERED.
-            let status = if input_len != 0 {
-                // SAFETY: the caller's contract; `buffer` receives the pointer; no length
-                // wanted.
-                unsafe {
-                    call_unsafe_wdf_function_binding!(
-                        WdfRequestRetrieveInputBuffer,
-                        request,
-                        input_len,
-                        &raw mut buffer,
-                        ptr::null_mut(),
-                    )
-                }
-            } else {
-                // SAFETY: as above.
-                unsafe {
-                    call_unsafe_wdf_function_binding!(
-                        WdfRequestRetrieveOutputBuffer,
-                        request,
-                        output_len,
-                        &raw mut buffer,
-                        ptr::null_mut(),
-                    )
-                }
-            };
-            if !NT_SUCCESS(status) || buffer.is_null() {
-                return Err(status_or_invalid(status));
-            }
-            // SAFETY: for METHOD_BUFFERED the I/O manager allocated the system buffer with
-            // max(input, output) = `len` bytes; we own it until the request completes and
-            // nothing else aliases it.
-            let system = unsafe { slice::from_raw_parts_mut(buffer.cast::<u8>(), len) };
-            Ok((system, output_len, None))
-        }
-        protocol::METHOD_IN_DIRECT | protocol::METHOD_OUT_DIRECT => {
-            let system: &'a mut [u8] = if input_len == 0 {
-                &mut []
-            } else {
-                let mut buffer: PVOID = ptr::null_mut();
-                // SAFETY: the caller's contract; `buffer` receives the pointer.
-                let status = unsafe {
-                    call_unsafe_wdf_function_binding!(
-                        WdfRequestRetrieveInputBuffer,
-                        request,
-                        input_len,
-                        &raw mut buffer,
-                        ptr::null_mut(),
-                    )
-                };
-                if !NT_SUCCESS(status) || buffer.is_null() {
-                    return Err(status_or_invalid(status));
-                }
-                // SAFETY: for the direct methods the system buffer holds the `input_len`
-                // input bytes; we own it until the request completes.
-                unsafe { slice::from_raw_parts_mut(buffer.cast::<u8>(), input_len) }
-            };
-            let direct = if output_len == 0 {
-                None
-            } else {
-                let mut mdl: PMDL = ptr::null_mut();
-                // SAFETY: the caller's contract; for the direct methods this is
-                // Irp->MdlAddress, which the I/O manager probed and locked.
-                let status = unsafe {
-                    call_unsafe_wdf_function_binding!(
-                        WdfRequestRetrieveOutputWdmMdl,
-                        request,
-                        &raw mut mdl
-                    )
-                };
-                match NonNull::new(mdl.cast::<wsksend_ffi::MDL>()) {
-                    Some(mdl) if NT_SUCCESS(status) => Some(DirectBuffer {
-                        mdl,
-                        len: output_len,
-                    }),
-                    _ => return Err(status_or_invalid(status)),
-                }
-            };
-            Ok((system, 0, direct))
-        }
-        _ => Ok((&mut [], 0, None)),
-    }
-}
-
-/// A failed retrieval's status, or `STATUS_INVALID_PARAMETER` if it claimed success
-/// without a buffer.
-const fn status_or_invalid(status: NTSTATUS) -> NTSTATUS {
-    if NT_SUCCESS(status) {
-        STATUS_INVALID_PARAMETER
-    } else {
-        status
     }
 }
 

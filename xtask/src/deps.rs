@@ -38,7 +38,9 @@ pub fn ensure() -> Result {
     ensure_targets()
 }
 
-fn install(packages: &[&str]) -> Result {
+/// Installs Debian `packages` with apt when running as root; otherwise fails with the
+/// command to run.
+pub fn install(packages: &[&str]) -> Result {
     let command = format!(
         "apt-get update && apt-get install -y {}",
         packages.join(" ")

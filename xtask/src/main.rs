@@ -1,19 +1,22 @@
 //! `cargo xtask <job>`: everything beyond `cargo build` on Linux.
 //!
 //! - `run`   — build the driver, load it under Wine, drive it over IOCTL, short report.
-//! - `test`  — host tests (`cargo test`), then the Wine end-to-end scenarios; writes
-//!   `target/e2e/report.json` and prints `e2e: N passed, M failed`.
+//! - `test`  — lints, `check-kmdf`, host tests (`cargo test`), then the Wine end-to-end
+//!   scenarios; writes `target/e2e/report.json` and prints `e2e: N passed, M failed`.
+//! - `check-kmdf` — `cargo check` and `cargo clippy -D warnings` of the KMDF driver
+//!   (`driver/`) against the real `wdk-sys` bindings, from public headers (ring 2a).
 //! - `build` — only build the Windows binaries (driver `.sys`, shim, harness `.exe`).
 //! - `e2e NAME...` — load the driver and run the named harness scenarios.
 //! - `bench [MIB] [KIB]` — driver vs user-mode `WSASend` throughput under Wine;
 //!   writes `target/e2e/bench.json`.
 //!
-//! System packages (Wine, mingw-w64) are installed with apt when running as root;
+//! System packages (Wine, mingw-w64, LLVM 19) are installed with apt when running as root;
 //! otherwise the exact command is printed.
 
 mod artifacts;
 mod deps;
 mod e2e;
+mod kmdf;
 mod process;
 mod wine;
 
@@ -29,12 +32,13 @@ fn main() -> ExitCode {
     let result = match job {
         "run" => e2e::run(),
         "test" => test(),
+        "check-kmdf" => kmdf::check(),
         "build" => deps::ensure().and_then(|()| artifacts::build().map(|_| ())),
         "e2e" => e2e::scenarios(&args[1..]),
         "bench" => e2e::bench(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask run | test | build | e2e SCENARIO... | bench [MIB] [KIB]"
+                "usage: cargo xtask run | test | check-kmdf | build | e2e SCENARIO... | bench [MIB] [KIB]"
             );
             return ExitCode::from(2);
         }
@@ -48,10 +52,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// `cargo xtask test`: lints, host tests (fast, no Wine), then the Wine scenarios.
+/// `cargo xtask test`: lints, the KMDF driver's check, host tests (fast, no Wine), then
+/// the Wine scenarios.
 fn test() -> Result {
     deps::ensure()?;
     lint()?;
+    kmdf::check()?;
     process::cargo(&["test", "--quiet"], &[]).map_err(|e| format!("host tests failed: {e}"))?;
     e2e::test()
 }

@@ -16,6 +16,7 @@
 extern crate alloc;
 
 mod handshake;
+mod layout;
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -42,6 +43,7 @@ use wsksend_protocol::{
 };
 
 pub use handshake::CancelHandshake;
+pub use layout::BufferLayout;
 pub use wsksend_engine::mdl::Carve;
 
 /// How a request ends.

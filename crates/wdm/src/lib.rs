@@ -11,7 +11,9 @@ use wsksend_wdm_runtime::log;
 
 use core::ptr;
 
-use wsksend_dispatch::{Carve, Config, Dispatcher, Disposition, FileId, Outcome, Request};
+use wsksend_dispatch::{
+    BufferLayout, Carve, Config, DirectBuffer, Dispatcher, Disposition, FileId, Outcome, Request,
+};
 use wsksend_ffi::inline::IoGetCurrentIrpStackLocation;
 use wsksend_ffi::status::{STATUS_INVALID_PARAMETER, STATUS_PENDING, STATUS_SUCCESS};
 use wsksend_ffi::{
@@ -157,23 +159,12 @@ unsafe extern "system" fn dispatch_device_control(
     let output_len = params.OutputBufferLength as usize;
     // SAFETY: a live IRP dispatched to us.
     let irp_ref = unsafe { &*irp };
-    // The system buffer holds max(in, out) bytes for METHOD_BUFFERED and the input for
-    // the direct methods, whose second buffer is the locked MDL; METHOD_NEITHER is
-    // never used by this interface.
-    let (system_len, output_len, direct) = match protocol::method_of(code) {
-        protocol::METHOD_BUFFERED => (input_len.max(output_len), output_len, None),
-        protocol::METHOD_IN_DIRECT | protocol::METHOD_OUT_DIRECT => (
-            input_len,
-            0,
-            ptr::NonNull::new(irp_ref.MdlAddress).map(|mdl| wsksend_dispatch::DirectBuffer {
-                mdl,
-                len: output_len,
-            }),
-        ),
-        _ => (0, 0, None),
-    };
+    let layout = BufferLayout::of(code, input_len, output_len);
+    let direct = layout
+        .direct_len
+        .and_then(|len| ptr::NonNull::new(irp_ref.MdlAddress).map(|mdl| DirectBuffer { mdl, len }));
     let system_ptr = irp_ref.SystemBuffer.cast::<u8>();
-    let system: &mut [u8] = if system_len == 0 {
+    let system: &mut [u8] = if layout.system_len == 0 {
         &mut []
     } else if system_ptr.is_null() {
         // SAFETY: we own the IRP and complete it once.
@@ -181,14 +172,14 @@ unsafe extern "system" fn dispatch_device_control(
     } else {
         // SAFETY: the I/O manager allocated the system buffer with `system_len` bytes
         // for this method; we own it until the IRP completes, and nothing else aliases it.
-        unsafe { core::slice::from_raw_parts_mut(system_ptr, system_len) }
+        unsafe { core::slice::from_raw_parts_mut(system_ptr, layout.system_len) }
     };
     let request = Request {
         file: FileId(stack.FileObject as usize),
         code,
         system,
         input_len,
-        output_len,
+        output_len: layout.output_len,
         direct,
         // SAFETY: the IRP is live and ours until completed through this token.
         pending: unsafe { IrpToken::new(irp) },
