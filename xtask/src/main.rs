@@ -5,6 +5,7 @@
 //!   `target/e2e/report.json` and prints `e2e: N passed, M failed`.
 //! - `build` — only build the Windows binaries (driver `.sys`, shim, harness `.exe`).
 //! - `e2e NAME...` — load the driver and run the named harness scenarios.
+//! - `headers` — check `include/*.h` against the Rust definitions (also part of `test`).
 //! - `bench [MIB] [KIB]` — driver vs user-mode `WSASend` throughput under Wine;
 //!   writes `target/e2e/bench.json`.
 //!
@@ -12,8 +13,11 @@
 //! otherwise the exact command is printed.
 
 mod artifacts;
+mod c_scenarios;
 mod deps;
 mod e2e;
+mod examples;
+mod headers;
 mod process;
 mod wine;
 
@@ -32,9 +36,10 @@ fn main() -> ExitCode {
         "build" => deps::ensure().and_then(|()| artifacts::build().map(|_| ())),
         "e2e" => e2e::scenarios(&args[1..]),
         "bench" => e2e::bench(&args[1..]),
+        "headers" => deps::ensure().and_then(|()| headers::check()),
         _ => {
             eprintln!(
-                "usage: cargo xtask run | test | build | e2e SCENARIO... | bench [MIB] [KIB]"
+                "usage: cargo xtask run | test | build | headers | e2e SCENARIO... | bench [MIB] [KIB]"
             );
             return ExitCode::from(2);
         }
@@ -53,6 +58,7 @@ fn test() -> Result {
     deps::ensure()?;
     lint()?;
     process::cargo(&["test", "--quiet"], &[]).map_err(|e| format!("host tests failed: {e}"))?;
+    headers::check()?;
     e2e::test()
 }
 
