@@ -9,15 +9,21 @@
  *     #include <ws2def.h>             // SOCKADDR_IN (or <wsk.h>, which includes it)
  *     #include "wsksend.h"
  *
- *     SOCKADDR_IN to = { AF_INET, RtlUshortByteSwap(5001), { 127, 0, 0, 1 } };
- *     PVOID conn;
- *     NTSTATUS st = WsksConnect((PSOCKADDR)&to, sizeof to, 0, 5000, &conn);
- *     if (NT_SUCCESS(st)) {
- *         WSKS_BUFFER buf = { Data, DataLength };     // nonpaged memory
+ *     NTSTATUS SendHello(const VOID *Data, ULONG DataLength)  // PASSIVE_LEVEL, nonpaged Data
+ *     {
+ *         SOCKADDR_IN to = { AF_INET, RtlUshortByteSwap(5001), { { { 127, 0, 0, 1 } } }, { 0 } };
+ *         PVOID conn;
  *         SIZE_T sent;
+ *         NTSTATUS st = WsksConnect((const struct sockaddr *)&to, sizeof to, 0, 5000, &conn);
+ *         if (!NT_SUCCESS(st))
+ *             return st;
+ *         WSKS_BUFFER buf = { Data, DataLength };
  *         st = WsksSendSync(conn, &buf, 1, WSKS_SEND_NODELAY, 5000, &sent);
  *         WsksClose(conn);
+ *         return st;
  *     }
+ *
+ * examples/kernel-driver/wsksclient_c.c uses every function, asynchronously too.
  *
  * Rules (every one is checked or enforced by the driver; breaking the memory rules is a
  * bugcheck, not an error status):

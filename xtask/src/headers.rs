@@ -373,7 +373,9 @@ macro_rules! c_types {
 c_types! {
     () => "VOID",
     i32 => "LONG",
+    u16 => "USHORT",
     u32 => "ULONG",
+    u64 => "ULONGLONG",
     usize => "SIZE_T",
     *mut c_void => "PVOID",
     *mut *mut c_void => "PVOID *",
