@@ -5,7 +5,7 @@
 //!   `target/e2e/report.json` and prints `e2e: N passed, M failed`.
 //! - `build` — only build the Windows binaries (driver `.sys`, shim, harness `.exe`).
 //! - `e2e NAME...` — load the driver and run the named harness scenarios.
-//! - `headers` — check `include/*.h` against the Rust definitions (also part of `test`).
+//! - `headers` — check `include/*.h` against the Rust definitions, in C and C++ (also part of `test`).
 //! - `bench [MIB] [KIB]` — driver vs user-mode `WSASend` throughput under Wine;
 //!   writes `target/e2e/bench.json`.
 //!
