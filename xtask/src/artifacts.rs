@@ -18,6 +18,8 @@ pub struct Artifacts {
     pub shim: PathBuf,
     /// `wsksend-harness.exe`.
     pub harness: PathBuf,
+    /// The C examples (`examples/`): a kernel driver and a user-mode client.
+    pub c: crate::examples::Examples,
 }
 
 /// Target of the driver image and the shim.
@@ -25,7 +27,7 @@ pub const MSVC: &str = "x86_64-pc-windows-msvc";
 /// Target of the harness `.exe`.
 pub const GNU: &str = "x86_64-pc-windows-gnu";
 
-/// Builds all three (release profile) and returns where they are.
+/// Builds them all (release profile) and the C examples, and returns where they are.
 pub fn build() -> Result<Artifacts> {
     process::cargo(
         &[
@@ -69,13 +71,16 @@ pub fn build() -> Result<Artifacts> {
         std::fs::copy(out.join(from), &dest).map_err(|e| format!("copy {from}: {e}"))?;
         Ok(dest)
     };
+    let driver = copy("wsksend_wdm.dll", "wsksend.sys")?;
+    let c = crate::examples::build(&driver)?;
     Ok(Artifacts {
-        driver: copy("wsksend_wdm.dll", "wsksend.sys")?,
+        driver,
         client: copy("wsksend_kapi_client.dll", "wsksclient.sys")?,
         shim: target
             .join(MSVC)
             .join("release")
             .join("bcryptprimitives.dll"),
         harness: target.join(GNU).join("release").join("wsksend-harness.exe"),
+        c,
     })
 }

@@ -1,4 +1,5 @@
-//! System prerequisites: Wine 8 (`wine64`), the mingw-w64 linker for the harness, and
+//! System prerequisites: Wine 8 (`wine64`), the mingw-w64 linker for the harness (and its
+//! C and C++ compilers for the C examples and the header checks), and
 //! the two Windows Rust targets.
 
 use std::process::Command;
@@ -12,6 +13,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("wine", "wine"),
     ("wineserver", "wine"),
     ("x86_64-w64-mingw32-gcc", "gcc-mingw-w64-x86-64"),
+    // The C++ check of the C headers (xtask/src/headers.rs).
+    ("x86_64-w64-mingw32-g++", "g++-mingw-w64-x86-64"),
 ];
 
 /// The 64-bit Wine loader (package `wine64`), which the `wine` command needs for our images.

@@ -186,7 +186,17 @@ pub fn scenarios(names: &[String]) -> Result {
     }
     let mut results = Results::default();
     for name in names {
-        results.harness(&wine, &[name.as_str()]);
+        match name.as_str() {
+            "kernel-api-c" => {
+                let (passed, detail) = crate::c_scenarios::kernel_api_c(&wine);
+                results.check(name, passed, detail);
+            }
+            "c-client" => {
+                let (passed, detail) = crate::c_scenarios::c_client(&wine);
+                results.check(name, passed, detail);
+            }
+            _ => results.harness(&wine, &[name.as_str()]),
+        }
     }
     let _ = wine.sc(&["stop", SERVICE]);
     let failed = results.0.iter().filter(|r| !r.passed).count();
@@ -257,6 +267,11 @@ pub fn test() -> Result {
     );
     results.harness(&wine, &["kernel-api"]);
     let _ = wine.sc(&["stop", CLIENT_SERVICE]);
+    // The C examples (examples/): a driver and a user-mode client.
+    let (passed, detail) = crate::c_scenarios::kernel_api_c(&wine);
+    results.check("kernel-api-c", passed, detail);
+    let (passed, detail) = crate::c_scenarios::c_client(&wine);
+    results.check("c-client", passed, detail);
 
     let stopped = wine.sc(&["stop", SERVICE])?;
     let state = wine.service_state()?;

@@ -7,6 +7,7 @@
 //!   (`driver/`) against the real `wdk-sys` bindings, from public headers (ring 2a).
 //! - `build` — only build the Windows binaries (driver `.sys`, shim, harness `.exe`).
 //! - `e2e NAME...` — load the driver and run the named harness scenarios.
+//! - `headers` — check `include/*.h` against the Rust definitions, in C and C++ (also part of `test`).
 //! - `bench [MIB] [KIB]` — driver vs user-mode `WSASend` throughput under Wine;
 //!   writes `target/e2e/bench.json`.
 //!
@@ -14,8 +15,11 @@
 //! otherwise the exact command is printed.
 
 mod artifacts;
+mod c_scenarios;
 mod deps;
 mod e2e;
+mod examples;
+mod headers;
 mod kmdf;
 mod process;
 mod wine;
@@ -36,9 +40,10 @@ fn main() -> ExitCode {
         "build" => deps::ensure().and_then(|()| artifacts::build().map(|_| ())),
         "e2e" => e2e::scenarios(&args[1..]),
         "bench" => e2e::bench(&args[1..]),
+        "headers" => deps::ensure().and_then(|()| headers::check()),
         _ => {
             eprintln!(
-                "usage: cargo xtask run | test | check-kmdf | build | e2e SCENARIO... | bench [MIB] [KIB]"
+                "usage: cargo xtask run | test | check-kmdf | build | headers | e2e SCENARIO... | bench [MIB] [KIB]"
             );
             return ExitCode::from(2);
         }
@@ -59,6 +64,7 @@ fn test() -> Result {
     lint()?;
     kmdf::check()?;
     process::cargo(&["test", "--quiet"], &[]).map_err(|e| format!("host tests failed: {e}"))?;
+    headers::check()?;
     e2e::test()
 }
 

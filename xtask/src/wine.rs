@@ -19,6 +19,8 @@ use crate::{Result, root};
 pub const SERVICE: &str = "WskSend";
 /// Name of the kernel-API test driver's service.
 pub const CLIENT_SERVICE: &str = "WsksClient";
+/// Name of the C kernel-API example driver's service (`examples/kernel-driver`).
+pub const C_CLIENT_SERVICE: &str = "WsksClientC";
 /// Folder inside the prefix's `C:` drive that holds our binaries.
 const INSTALL_DIR: &str = "wsksend";
 
@@ -102,11 +104,17 @@ impl Wine {
             (&artifacts.client, "wsksclient.sys"),
             (&artifacts.shim, "bcryptprimitives.dll"),
             (&artifacts.harness, "wsksend-harness.exe"),
+            (&artifacts.c.driver, "wsksclient_c.sys"),
+            (&artifacts.c.client, "wsksend-c-client.exe"),
         ] {
             std::fs::copy(from, dir.join(name))
                 .map_err(|e| format!("copy {}: {e}", from.display()))?;
         }
-        for (service, image) in [(CLIENT_SERVICE, "wsksclient.sys"), (SERVICE, "wsksend.sys")] {
+        for (service, image) in [
+            (CLIENT_SERVICE, "wsksclient.sys"),
+            (C_CLIENT_SERVICE, "wsksclient_c.sys"),
+            (SERVICE, "wsksend.sys"),
+        ] {
             let _ = self.sc(&["stop", service]);
             let _ = self.sc(&["delete", service]);
             let bin_path = format!("C:\\{INSTALL_DIR}\\{image}");
@@ -160,6 +168,12 @@ impl Wine {
     /// Runs the harness with `args` (from `C:\wsksend`, beside the shim DLL).
     pub fn harness(&self, args: &[&str]) -> Result<Output> {
         let exe = format!("C:\\{INSTALL_DIR}\\wsksend-harness.exe");
+        self.run_limited(&exe, args, HARNESS_LIMIT)
+    }
+
+    /// Runs `C:\wsksend\<exe>` with `args`.
+    pub fn program(&self, exe: &str, args: &[&str]) -> Result<Output> {
+        let exe = format!("C:\\{INSTALL_DIR}\\{exe}");
         self.run_limited(&exe, args, HARNESS_LIMIT)
     }
 
