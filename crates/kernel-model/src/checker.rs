@@ -79,6 +79,11 @@ pub enum Rule {
     /// Any other misuse of a kernel or WSK routine (the detail says which), for example
     /// locking an MDL twice or resubmitting an IRP without `IoReuseIrp`.
     Misuse,
+    /// Driver code run through [`crate::lowres::driver`] panicked: in the kernel the
+    /// driver's panic handler bugchecks. Typically an allocation failure (injected by
+    /// the low-resources simulation) answered with `unwrap`/`expect` instead of a
+    /// status.
+    DriverPanic,
 }
 
 /// One broken rule, with what happened.
@@ -311,6 +316,28 @@ impl Session {
         state().hang_limit = limit;
     }
 
+    /// Turns the low-resources simulation on for the rest of the session (it is off
+    /// at the start of every session): driver allocations fail as `config` says
+    /// ([`crate::lowres`]). Replaces an earlier configuration and zeroes its counters.
+    pub fn low_resources(&self, config: crate::LowResources) {
+        crate::lowres::configure(Some(config));
+    }
+
+    /// Turns the low-resources simulation off (the counters keep their values until
+    /// the next [`Session::low_resources`] or session).
+    pub fn low_resources_off(&self) {
+        let kept = crate::lowres::stats();
+        crate::lowres::configure(None);
+        crate::lowres::restore_stats(kept);
+    }
+
+    /// What the low-resources simulation did so far: driver allocations decided on
+    /// and failures injected, by kind.
+    #[must_use]
+    pub fn low_resources_stats(&self) -> crate::LowResStats {
+        crate::lowres::stats()
+    }
+
     /// Violations recorded so far.
     #[must_use]
     pub fn violations(&self) -> Vec<Violation> {
@@ -432,6 +459,7 @@ fn wait_idle(timeout: Duration) -> bool {
 /// table and setting. Objects the driver still holds (leaks) are never freed, so a
 /// straggler cannot make the allocator hand their memory out again.
 fn reset() {
+    crate::lowres::configure(None);
     let old = {
         let mut st = state();
         GENERATION.fetch_add(1, Ordering::AcqRel);
