@@ -318,17 +318,16 @@ impl Session {
 
     /// Turns the low-resources simulation on for the rest of the session (it is off
     /// at the start of every session): driver allocations fail as `config` says
-    /// ([`crate::lowres`]). Replaces an earlier configuration and zeroes its counters.
+    /// ([`crate::lowres`]). Replaces an earlier configuration; the counters (and the
+    /// numbering of driver allocations) go on for the whole session.
     pub fn low_resources(&self, config: crate::LowResources) {
         crate::lowres::configure(Some(config));
     }
 
-    /// Turns the low-resources simulation off (the counters keep their values until
-    /// the next [`Session::low_resources`] or session).
+    /// Turns the low-resources simulation off until the next
+    /// [`Session::low_resources`] (the counters keep their values).
     pub fn low_resources_off(&self) {
-        let kept = crate::lowres::stats();
         crate::lowres::configure(None);
-        crate::lowres::restore_stats(kept);
     }
 
     /// What the low-resources simulation did so far: driver allocations decided on
@@ -459,7 +458,7 @@ fn wait_idle(timeout: Duration) -> bool {
 /// table and setting. Objects the driver still holds (leaks) are never freed, so a
 /// straggler cannot make the allocator hand their memory out again.
 fn reset() {
-    crate::lowres::configure(None);
+    crate::lowres::reset();
     let old = {
         let mut st = state();
         GENERATION.fetch_add(1, Ordering::AcqRel);

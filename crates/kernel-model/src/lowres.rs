@@ -289,7 +289,7 @@ const fn mix(mut x: u64) -> u64 {
 }
 
 /// Decides one allocation of `kind` whose caller is `driver_code`; counts it.
-fn decide(kind: Alloc, driver_code: bool) -> bool {
+fn decide(kind: Alloc, driver_code: bool, size: usize) -> bool {
     let mode = MODE.load(Ordering::Acquire);
     if mode == 0 || !driver_code || KINDS.load(Ordering::Relaxed) & kind.bit() == 0 {
         return false;
@@ -307,7 +307,7 @@ fn decide(kind: Alloc, driver_code: bool) -> bool {
     if fail {
         FAILED[kind as usize].fetch_add(1, Ordering::AcqRel);
         if trace_enabled() {
-            trace(kind, k);
+            trace(kind, k, size);
         }
     }
     fail
@@ -316,7 +316,7 @@ fn decide(kind: Alloc, driver_code: bool) -> bool {
 /// Whether an allocation of `kind` by the caller of the current model routine fails
 /// (called by the model's allocation routines).
 pub(crate) fn fail_driver_alloc(kind: Alloc) -> bool {
-    decide(kind, caller_is_driver())
+    decide(kind, caller_is_driver(), 0)
 }
 
 fn trace_enabled() -> bool {
@@ -329,24 +329,39 @@ fn trace_enabled() -> bool {
     t == 1
 }
 
-/// Prints where an injected failure happened (`WSKSEND_LOWRES_TRACE=1`).
-fn trace(kind: Alloc, k: u64) {
+/// Prints where an injected failure happened (`WSKSEND_LOWRES_TRACE=1`): a backtrace
+/// for pool, IRP and MDL failures; one line for a heap failure, because std's
+/// allocation-failure path may hold the backtrace lock when it allocates again (run
+/// the replay under a debugger to see where an aborting heap allocation was made).
+fn trace(kind: Alloc, k: u64, size: usize) {
     let _model = ContextGuard::set(Context::Model, false);
+    let mut err = std::io::stderr();
+    if kind == Alloc::Heap {
+        let _ = writeln!(
+            err,
+            "lowres: injected Heap failure ({size} bytes) at driver allocation {k}"
+        );
+        return;
+    }
     let bt = std::backtrace::Backtrace::force_capture();
-    let mut err = std::io::stderr().lock();
     let _ = writeln!(
         err,
         "lowres: injected {kind:?} failure at driver allocation {k}:\n{bt}"
     );
 }
 
-/// Applies `config` (a session's configuration) and zeroes the counters.
-pub(crate) fn configure(config: Option<LowResources>) {
+/// Turns the simulation off and zeroes the counters (a new session).
+pub(crate) fn reset() {
     MODE.store(0, Ordering::Release);
     COUNTER.store(0, Ordering::Release);
     for f in &FAILED {
         f.store(0, Ordering::Release);
     }
+}
+
+/// Applies `config` (a session's configuration; `None`: off); the counters go on.
+pub(crate) fn configure(config: Option<LowResources>) {
+    MODE.store(0, Ordering::Release);
     let Some(config) = config else {
         return;
     };
@@ -391,9 +406,9 @@ impl ModelAllocator {
         ALLOCATOR_INSTALLED.load(Ordering::Relaxed)
     }
 
-    fn fails() -> bool {
+    fn fails(size: usize) -> bool {
         ALLOCATOR_INSTALLED.store(true, Ordering::Relaxed);
-        decide(Alloc::Heap, context() == Context::Driver)
+        decide(Alloc::Heap, context() == Context::Driver, size)
     }
 }
 
@@ -408,7 +423,7 @@ impl Default for ModelAllocator {
 // blocks `System` allocated.
 unsafe impl GlobalAlloc for ModelAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if Self::fails() {
+        if Self::fails(layout.size()) {
             return std::ptr::null_mut();
         }
         // SAFETY: the caller's contract (a non-zero-sized layout) is `System`'s.
@@ -416,7 +431,7 @@ unsafe impl GlobalAlloc for ModelAllocator {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if Self::fails() {
+        if Self::fails(layout.size()) {
             return std::ptr::null_mut();
         }
         // SAFETY: as in `alloc`.
@@ -430,7 +445,7 @@ unsafe impl GlobalAlloc for ModelAllocator {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if Self::fails() {
+        if Self::fails(new_size) {
             // The old block stays valid, as `GlobalAlloc::realloc` requires on null.
             return std::ptr::null_mut();
         }
@@ -446,6 +461,8 @@ const CHILD_ENV: &str = "WSKSEND_LOWRES_CHILD";
 pub const SEED_ENV: &str = "WSKSEND_LOWRES_SEED";
 /// Prefix of the progress lines the child prints.
 const PROGRESS: &str = "lowres-seed ";
+/// What the child prints when every seed ran.
+const DONE: &str = "lowres-all-seeds-ran";
 
 /// Runs `each(seed)` for every seed of `seeds`, for the test function `test_name`
 /// (its name as libtest knows it, for example `engine_seeds_0_to_199`).
@@ -476,6 +493,7 @@ pub fn run_seeds(test_name: &str, seeds: Range<u64>, mut each: impl FnMut(u64)) 
             drop(out);
             each(seed);
         }
+        println!("{DONE}");
         return;
     }
     let exe = std::env::current_exe().expect("current test executable");
@@ -495,7 +513,11 @@ pub fn run_seeds(test_name: &str, seeds: Range<u64>, mut each: impl FnMut(u64)) 
     let stderr = String::from_utf8_lossy(&output.stderr);
     let ran: Vec<u64> = stdout
         .lines()
-        .filter_map(|l| l.strip_prefix(PROGRESS)?.trim().parse().ok())
+        .filter_map(|l| {
+            // libtest's `test NAME ... ` may share the line.
+            let at = l.find(PROGRESS)? + PROGRESS.len();
+            l[at..].split_whitespace().next()?.parse().ok()
+        })
         .collect();
     if output.status.success() && ran.len() == seeds.clone().count() {
         return;
@@ -504,7 +526,14 @@ pub fn run_seeds(test_name: &str, seeds: Range<u64>, mut each: impl FnMut(u64)) 
         let lines: Vec<&str> = s.lines().collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
     };
+    let all_ran = stdout.contains(DONE);
     match ran.last() {
+        Some(_) if all_ran => panic!(
+            "low-resources {test_name}: every seed passed, then the test failed ({})\n\
+             --- child stderr (tail) ---\n{}",
+            output.status,
+            tail(&stderr)
+        ),
         Some(seed) if !output.status.success() => panic!(
             "low-resources {test_name}: seed {seed} failed ({}); replay with \
              {SEED_ENV}={seed} cargo test ... {test_name} -- --exact --nocapture\n\
@@ -529,13 +558,4 @@ pub fn run_seeds(test_name: &str, seeds: Range<u64>, mut each: impl FnMut(u64)) 
 #[must_use]
 pub const fn all_kinds() -> [Alloc; 4] {
     Alloc::ALL
-}
-
-/// Puts counters back (after [`configure`] zeroed them).
-pub(crate) fn restore_stats(stats: LowResStats) {
-    COUNTER.store(stats.considered, Ordering::Release);
-    FAILED[Alloc::Pool as usize].store(stats.failed_pool, Ordering::Release);
-    FAILED[Alloc::Irp as usize].store(stats.failed_irp, Ordering::Release);
-    FAILED[Alloc::Mdl as usize].store(stats.failed_mdl, Ordering::Release);
-    FAILED[Alloc::Heap as usize].store(stats.failed_heap, Ordering::Release);
 }

@@ -183,7 +183,10 @@ fn run_seeds_reports_the_failing_seed() {
         lowres::run_seeds("fixture_failing_at_seed_3", 0..10, |_| {});
     });
     // The closure above is not what runs: the child runs the fixture's own closure.
-    let message = *failed.expect_err("the child failed").downcast::<String>().unwrap();
+    let message = *failed
+        .expect_err("the child failed")
+        .downcast::<String>()
+        .unwrap();
     assert!(message.contains("seed 3 failed"), "{message}");
     assert!(message.contains("WSKSEND_LOWRES_SEED=3"), "{message}");
     assert!(message.contains("failing on purpose"), "{message}");
@@ -194,7 +197,13 @@ fn run_seeds_reports_an_abort() {
     let failed = std::panic::catch_unwind(|| {
         lowres::run_seeds("fixture_aborting_at_seed_5", 0..10, |_| {});
     });
-    let message = *failed.expect_err("the child aborted").downcast::<String>().unwrap();
+    let message = *failed
+        .expect_err("the child aborted")
+        .downcast::<String>()
+        .unwrap();
     assert!(message.contains("seed 5 failed"), "{message}");
-    assert!(message.contains("memory allocation of 10 bytes failed"), "{message}");
+    assert!(
+        message.contains("memory allocation of 10 bytes failed"),
+        "{message}"
+    );
 }
