@@ -262,7 +262,7 @@ fn scenario(seed: u64, kinds: &[Alloc], sends_only: bool) -> u64 {
             s.low_resources_off();
         }
     };
-    let carve = if seed % 2 == 0 {
+    let carve = if seed.is_multiple_of(2) {
         Carve::SystemVa
     } else {
         Carve::PartialMdl

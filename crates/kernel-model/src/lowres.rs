@@ -10,7 +10,7 @@
 //! host they go to std's allocator, which never fails; a test crate that installs
 //! [`ModelAllocator`] as its global allocator makes them fail like pool:
 //!
-//! ```ignore
+//! ```text
 //! #[global_allocator]
 //! static ALLOC: wsksend_kernel_model::ModelAllocator = wsksend_kernel_model::ModelAllocator::new();
 //! ```
@@ -92,8 +92,6 @@ pub enum Alloc {
 }
 
 impl Alloc {
-    const ALL: [Self; 4] = [Self::Pool, Self::Irp, Self::Mdl, Self::Heap];
-
     const fn bit(self) -> u64 {
         1 << self as u64
     }
@@ -300,9 +298,9 @@ fn decide(kind: Alloc, driver_code: bool, size: usize) -> bool {
     let k = COUNTER.fetch_add(1, Ordering::AcqRel) + 1;
     let param = PARAM.load(Ordering::Relaxed).max(1);
     let fail = if mode == 1 {
-        k % param == 0
+        k.is_multiple_of(param)
     } else {
-        mix(SEED.load(Ordering::Relaxed) ^ mix(k)) % param == 0
+        mix(SEED.load(Ordering::Relaxed) ^ mix(k)).is_multiple_of(param)
     };
     if fail {
         FAILED[kind as usize].fetch_add(1, Ordering::AcqRel);
@@ -552,10 +550,4 @@ pub fn run_seeds(test_name: &str, seeds: Range<u64>, mut each: impl FnMut(u64)) 
             tail(&stderr)
         ),
     }
-}
-
-/// The kinds, for iteration in tests.
-#[must_use]
-pub const fn all_kinds() -> [Alloc; 4] {
-    Alloc::ALL
 }

@@ -136,10 +136,11 @@ fn completion_routines_run_as_driver_code() {
     };
     // What `IoCallDriver` does: make the next location current (the callee's).
     // SAFETY: the IRP is ours, with one stack location left.
-    unsafe {
-        (*irp).CurrentLocation -= 1;
-        (*irp).CurrentStackLocation = (*irp).CurrentStackLocation.wrapping_sub(1);
-    }
+    unsafe { (*irp).CurrentLocation -= 1 };
+    // SAFETY: as above.
+    let location = unsafe { (*irp).CurrentStackLocation };
+    // SAFETY: as above; one location down is the IRP's only location.
+    unsafe { (*irp).CurrentStackLocation = location.wrapping_sub(1) };
     // SAFETY: as above.
     unsafe { (*irp).IoStatus.Status = STATUS_SUCCESS };
     assert_eq!(lowres::current(), Context::Harness);
