@@ -38,15 +38,20 @@
  *    MmBuildMdlForNonPagedPool) and buffers stay valid; WSKS_BUFFER memory is nonpaged.
  *    The same holds during WsksSendSync, which returns only after the provider is done.
  * 4. WsksSendMdl: Offset applies to the first MDL of the chain, and Offset + Length must
- *    lie inside the chain (checked: STATUS_INVALID_PARAMETER, nothing is sent).
+ *    lie inside the chain; every MDL must be locked (MDL_PAGES_LOCKED), describe
+ *    nonpaged pool (MDL_SOURCE_IS_NONPAGED_POOL) or be a partial MDL of such
+ *    (checked: STATUS_INVALID_PARAMETER, nothing is sent).
  * 5. Sends on one connection reach the network in the order they were issued; any
  *    number may be pending.
- * 6. WsksSendSync waits at most TimeoutMs, then cancels the send (or closes the
- *    connection where the provider cannot cancel) and waits for its completion, so the
- *    caller's buffers are never left with the provider. It fails with STATUS_IO_TIMEOUT.
- * 7. WsksClose completes the connection's pending sends (STATUS_CANCELLED) before it
- *    returns, and frees the handle: do not use it again. Call it exactly once per
- *    successful WsksConnect, also after WskSend started unloading.
+ * 6. WsksSendSync waits at most TimeoutMs (at most 120000; larger is
+ *    STATUS_INVALID_PARAMETER), then cancels the send (or closes the connection where
+ *    the provider cannot cancel) and waits for its completion, so the caller's buffers
+ *    are never left with the provider. It fails with STATUS_IO_TIMEOUT.
+ * 7. WsksClose disconnects gracefully: sends already with the provider finish, queued
+ *    ones complete with STATUS_CANCELLED, then WskDisconnect and WskCloseSocket (reset
+ *    after 10 s if the peer does not take the data). WsksAbortiveClose resets at once
+ *    (pending sends fail). Both free the handle: do not use it again. Call one of them
+ *    exactly once per successful WsksConnect, also after WskSend started unloading.
  * 8. Calls are guarded by WskSend's rundown: once its unload has started they fail with
  *    STATUS_DEVICE_NOT_READY, and unload closes the connections a caller left open (the
  *    handle stays valid for the final WsksClose).
@@ -207,11 +212,19 @@ WSKSAPI NTSTATUS NTAPI WsksSendSync(
     _Out_opt_ SIZE_T *BytesSent);
 
 /*
- * Closes the connection: pending sends complete (STATUS_CANCELLED) before it returns.
- * The handle is freed whatever the result.
+ * Closes the connection gracefully (rule 7): every pending send has completed when it
+ * returns. The handle is freed whatever the result.
  */
 _IRQL_requires_(PASSIVE_LEVEL)
 WSKSAPI NTSTATUS NTAPI WsksClose(
+    _In_ PVOID Connection);
+
+/*
+ * Closes the connection abortively (a reset: pending sends fail), as WsksClose waits
+ * for them. The handle is freed whatever the result.
+ */
+_IRQL_requires_(PASSIVE_LEVEL)
+WSKSAPI NTSTATUS NTAPI WsksAbortiveClose(
     _In_ PVOID Connection);
 
 #ifdef __cplusplus

@@ -120,6 +120,11 @@ static NTSTATUS SendThroughWskSend(const struct sockaddr *to, ULONG toLength, UC
             status = STATUS_INSUFFICIENT_RESOURCES;
         } else {
             MmBuildMdlForNonPagedPool(mdl); /* nonpaged memory: describe, no locking */
+            /* Wine 8's MmBuildMdlForNonPagedPool is a stub that sets no flag, and
+             * WsksSendMdl refuses an MDL that is neither locked nor nonpaged: say what
+             * Windows' routine says. (On Windows this line changes nothing.) */
+            if (!(mdl->MdlFlags & (MDL_SOURCE_IS_NONPAGED_POOL | MDL_PAGES_LOCKED)))
+                mdl->MdlFlags |= MDL_SOURCE_IS_NONPAGED_POOL;
             KeInitializeEvent(&wait.Done, NotificationEvent, FALSE);
             status = WsksSendMdl(conn, mdl, 0, third, WSKS_SEND_NODELAY, OnSendComplete, &wait);
             status = WaitForSend(&conn, &wait, status, sent);

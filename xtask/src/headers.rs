@@ -429,12 +429,15 @@ fn kapi_functions() -> Vec<(&'static str, &'static [&'static str])> {
     const SEND_SYNC: &[&str] =
         signature(kapi::WsksSendSync as unsafe extern "system" fn(_, _, _, _, _, _) -> _);
     const CLOSE: &[&str] = signature(kapi::WsksClose as unsafe extern "system" fn(_) -> _);
+    const ABORTIVE_CLOSE: &[&str] =
+        signature(kapi::WsksAbortiveClose as unsafe extern "system" fn(_) -> _);
     vec![
         ("WsksConnect", CONNECT),
         ("WsksSendMdl", SEND_MDL),
         ("WsksSendBuffers", SEND_BUFFERS),
         ("WsksSendSync", SEND_SYNC),
         ("WsksClose", CLOSE),
+        ("WsksAbortiveClose", ABORTIVE_CLOSE),
     ]
 }
 

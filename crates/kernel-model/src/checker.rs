@@ -84,6 +84,11 @@ pub enum Rule {
     /// Any other misuse of a kernel or WSK routine (the detail says which), for example
     /// locking an MDL twice or resubmitting an IRP without `IoReuseIrp`.
     Misuse,
+    /// Driver code run through [`crate::lowres::driver`] panicked: in the kernel the
+    /// driver's panic handler bugchecks. Typically an allocation failure (injected by
+    /// the low-resources simulation) answered with `unwrap`/`expect` instead of a
+    /// status.
+    DriverPanic,
 }
 
 /// One broken rule, with what happened.
@@ -338,7 +343,6 @@ impl Session {
         state().hang_limit = limit;
     }
 
-    /// Sets how sends without an injected fault complete, as [`Self::set_send_mode`].
     /// Declares that the driver's unload (or teardown) has just returned: from now on
     /// any completion routine called, any routine still running that was set without
     /// `IoSetCompletionRoutineEx`, and any free of driver pool is a
@@ -378,6 +382,27 @@ impl Session {
     #[must_use]
     pub fn routines_running(&self) -> usize {
         state().routines_running
+    }
+
+    /// Turns the low-resources simulation on for the rest of the session (it is off
+    /// at the start of every session): driver allocations fail as `config` says
+    /// ([`crate::lowres`]). Replaces an earlier configuration; the counters (and the
+    /// numbering of driver allocations) go on for the whole session.
+    pub fn low_resources(&self, config: crate::LowResources) {
+        crate::lowres::configure(Some(config));
+    }
+
+    /// Turns the low-resources simulation off until the next
+    /// [`Session::low_resources`] (the counters keep their values).
+    pub fn low_resources_off(&self) {
+        crate::lowres::configure(None);
+    }
+
+    /// What the low-resources simulation did so far: driver allocations decided on
+    /// and failures injected, by kind.
+    #[must_use]
+    pub fn low_resources_stats(&self) -> crate::LowResStats {
+        crate::lowres::stats()
     }
 
     /// Violations recorded so far.
@@ -513,6 +538,7 @@ fn wait_idle(timeout: Duration) -> bool {
 /// table and setting. Objects the driver still holds (leaks) are never freed, so a
 /// straggler cannot make the allocator hand their memory out again.
 fn reset() {
+    crate::lowres::reset();
     let old = {
         let mut st = state();
         GENERATION.fetch_add(1, Ordering::AcqRel);

@@ -79,7 +79,8 @@ unsafe fn initialize(irp: *mut IRP, layout: Layout, stack_size: i8, allocation_f
 
 kernel_export! {
     /// `IoAllocateIrp`: a real, zeroed IRP with `StackSize` stack locations.
-    /// An injected [`crate::Fault::Fail`] on [`Op::AllocIrp`] returns null.
+    /// An injected [`crate::Fault::Fail`] on [`Op::AllocIrp`] returns null, and so
+    /// does a low-resources failure ([`crate::lowres`]) of a driver's allocation.
     ///
     /// # Safety
     /// None.
@@ -88,6 +89,9 @@ kernel_export! {
         check_irql("IoAllocateIrp", DISPATCH_LEVEL);
         let mut st = state();
         if matches!(st.take_fault(Op::AllocIrp), Some(crate::Fault::Fail(_))) {
+            return ptr::null_mut();
+        }
+        if crate::lowres::fail_driver_alloc(crate::lowres::Alloc::Irp) {
             return ptr::null_mut();
         }
         if !(0..i8::MAX).contains(&StackSize) {
@@ -262,6 +266,9 @@ kernel_export! {
         // SAFETY: the IRP is live; whoever set the cancel routine waits for it to run
         // before touching `CancelIrql`.
         unsafe { (*Irp).CancelIrql = irql };
+        // A cancel routine is its owner's code (driver code, for the low-resources
+        // simulation, unless it is the model's own).
+        let _driver = crate::lowres::enter_driver();
         // SAFETY: the routine was set by the IRP's current owner for exactly this call;
         // it releases the cancel spin lock.
         unsafe { routine(ptr::null_mut(), Irp) };
@@ -525,6 +532,8 @@ pub(crate) fn complete_request(irp: *mut IRP) {
                 };
                 let result = {
                     let _dpc = IrqlGuard::raise(DISPATCH_LEVEL);
+                    // Driver code, whichever thread completes (see `lowres`).
+                    let _driver = crate::lowres::enter_driver();
                     // SAFETY: the routine and context were set on this location by the
                     // IRP's owner for exactly this call.
                     unsafe { routine(device, irp, context) }

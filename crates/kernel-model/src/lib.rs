@@ -14,7 +14,10 @@
 //! - a WSK provider over real loopback sockets, with per-call fault injection ([`wsk`]);
 //! - a checker that records every broken kernel rule and fails the test ([`Rule`],
 //!   [`Session`]);
-//! - a TCP [`Sink`] to receive what the provider sends.
+//! - a TCP [`Sink`] to receive what the provider sends;
+//! - a low-resources simulation that fails driver allocations (pool, IRPs, MDLs and,
+//!   with [`ModelAllocator`], the Rust heap) every Nth or at random from a seed
+//!   ([`lowres`]).
 //!
 //! A test starts with [`session()`], which serialises tests that use the model and
 //! resets it, and ends with [`Session::finish`] (no violation, no leak) or
@@ -27,6 +30,7 @@
 
 mod checker;
 pub mod irp;
+pub mod lowres;
 pub mod mdl;
 pub mod pool;
 mod reset;
@@ -37,6 +41,7 @@ pub mod wsk;
 
 pub use checker::{Fault, Op, Rule, SendMode, SendRecord, Session, Violation, session};
 pub use irp::model_device as device;
+pub use lowres::{Alloc, LowResStats, LowResources, ModelAllocator};
 pub use sink::Sink;
 
 /// Defines an exported kernel routine and checks at compile time that its signature is
@@ -49,7 +54,11 @@ macro_rules! kernel_export {
         $(#[$meta])*
         #[allow(non_snake_case, reason = "parameter names as the WDK spells them")]
         #[unsafe(no_mangle)]
-        pub unsafe extern "system" fn $name($($arg: $ty),*) $(-> $ret)? $body
+        pub unsafe extern "system" fn $name($($arg: $ty),*) $(-> $ret)? {
+            // The model's own code: its allocations never fail (see `lowres`).
+            let _model = $crate::lowres::enter_model();
+            $body
+        }
 
         const _: [unsafe extern "system" fn($($ty),*) $(-> $ret)?; 2] =
             [$name, wsksend_ffi::$name];

@@ -123,7 +123,8 @@ kernel_export! {
     /// `IoAllocateMdl`: a real, unlocked MDL for `Length` bytes at `VirtualAddress`.
     /// If `Irp` is not null the MDL becomes its `MdlAddress` (or is appended to that
     /// chain when `SecondaryBuffer`). An injected [`crate::Fault::Fail`] on
-    /// [`Op::AllocMdl`] returns null.
+    /// [`Op::AllocMdl`] returns null, and so does a low-resources failure
+    /// ([`crate::lowres`]) of a driver's allocation.
     ///
     /// # Safety
     /// `Irp` is null or an IRP from `IoAllocateIrp` (checked).
@@ -138,6 +139,9 @@ kernel_export! {
         check_irql("IoAllocateMdl", DISPATCH_LEVEL);
         let mut st = state();
         if matches!(st.take_fault(Op::AllocMdl), Some(crate::Fault::Fail(_))) {
+            return ptr::null_mut();
+        }
+        if crate::lowres::fail_driver_alloc(crate::lowres::Alloc::Mdl) {
             return ptr::null_mut();
         }
         if !Irp.is_null() && !crate::irp::check_live(&mut st, Irp, "IoAllocateMdl") {

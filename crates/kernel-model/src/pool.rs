@@ -39,7 +39,8 @@ pub(crate) fn tag_str(tag: u32) -> String {
 
 kernel_export! {
     /// `ExAllocatePoolWithTag`: real host memory, 16-byte aligned, filled with `0xA5`.
-    /// An injected [`crate::Fault::Fail`] on [`Op::AllocPool`] returns null.
+    /// An injected [`crate::Fault::Fail`] on [`Op::AllocPool`] returns null, and so
+    /// does a low-resources failure ([`crate::lowres`]) of a driver's allocation.
     ///
     /// # Safety
     /// None.
@@ -48,6 +49,9 @@ kernel_export! {
         check_irql("ExAllocatePoolWithTag", DISPATCH_LEVEL);
         let mut st = state();
         if matches!(st.take_fault(Op::AllocPool), Some(crate::Fault::Fail(_))) {
+            return std::ptr::null_mut();
+        }
+        if crate::lowres::fail_driver_alloc(crate::lowres::Alloc::Pool) {
             return std::ptr::null_mut();
         }
         let Ok(layout) = Layout::from_size_align(NumberOfBytes.max(1), POOL_ALIGN) else {

@@ -354,6 +354,7 @@ unsafe extern "system" fn wsk_socket(
     _security: *mut c_void,
     irp: *mut IRP,
 ) -> NTSTATUS {
+    let _model = crate::lowres::enter_model();
     let routine = "WskSocket";
     let mut st = state();
     if let Err(s) = check_for_provider(&mut st, irp, routine) {
@@ -441,6 +442,7 @@ unsafe extern "system" fn wsk_bind(
     _flags: u32,
     irp: *mut IRP,
 ) -> NTSTATUS {
+    let _model = crate::lowres::enter_model();
     address_op(socket, address, irp, Op::Bind, "WskBind")
 }
 
@@ -450,6 +452,7 @@ unsafe extern "system" fn wsk_connect(
     _flags: u32,
     irp: *mut IRP,
 ) -> NTSTATUS {
+    let _model = crate::lowres::enter_model();
     address_op(socket, address, irp, Op::Connect, "WskConnect")
 }
 
@@ -487,6 +490,7 @@ unsafe extern "system" fn wsk_send(
     flags: u32,
     irp: *mut IRP,
 ) -> NTSTATUS {
+    let _model = crate::lowres::enter_model();
     buffer_op(socket, buffer, flags, irp, Op::Send, "WskSend")
 }
 
@@ -496,6 +500,7 @@ unsafe extern "system" fn wsk_disconnect(
     flags: u32,
     irp: *mut IRP,
 ) -> NTSTATUS {
+    let _model = crate::lowres::enter_model();
     buffer_op(socket, buffer, flags, irp, Op::Disconnect, "WskDisconnect")
 }
 
@@ -581,6 +586,7 @@ fn buffer_op(
 }
 
 unsafe extern "system" fn wsk_close_socket(socket: *mut WSK_SOCKET, irp: *mut IRP) -> NTSTATUS {
+    let _model = crate::lowres::enter_model();
     let mut st = state();
     let (shared, fault) = match take_irp(&mut st, socket, irp, Op::Close, "WskCloseSocket") {
         Ok(taken) => taken,

@@ -1423,3 +1423,57 @@ mod hang {
         s.finish();
     }
 }
+
+mod driver_panic {
+    use super::*;
+    use wsksend_kernel_model::{LowResources, lowres};
+
+    /// Driver code that allocates pool, the way the engine does.
+    fn allocate_or_panic() -> *mut c_void {
+        // SAFETY: plain allocation.
+        let p = unsafe { wsksend_ffi::ExAllocatePoolWithTag(NonPagedPoolNx, 64, TAG) };
+        assert!(!p.is_null(), "pool allocation failed");
+        p
+    }
+
+    /// Driver code that answers a failed allocation with a status.
+    fn allocate_or_status() -> Result<*mut c_void, NTSTATUS> {
+        // SAFETY: plain allocation.
+        let p = unsafe { wsksend_ffi::ExAllocatePoolWithTag(NonPagedPoolNx, 64, TAG) };
+        if p.is_null() {
+            Err(wsksend_ffi::status::STATUS_INSUFFICIENT_RESOURCES)
+        } else {
+            Ok(p)
+        }
+    }
+
+    /// An allocation failure (low resources, every pool allocation fails) answered with
+    /// a panic in driver code: a bug check on Windows.
+    #[test]
+    fn caught() {
+        let s = session();
+        s.low_resources(LowResources::every_nth(1));
+        let unwound = std::panic::catch_unwind(|| lowres::driver(allocate_or_panic));
+        assert!(unwound.is_err());
+        assert_rules(&s, &[Rule::DriverPanic]);
+        assert_eq!(s.low_resources_stats().failed_pool, 1);
+        s.finish_expecting(Rule::DriverPanic);
+    }
+
+    /// The same failure answered with a status; once resources are back, it works.
+    #[test]
+    fn clean() {
+        let s = session();
+        s.low_resources(LowResources::every_nth(1));
+        assert_eq!(
+            lowres::driver(allocate_or_status),
+            Err(wsksend_ffi::status::STATUS_INSUFFICIENT_RESOURCES)
+        );
+        s.low_resources_off();
+        let p = lowres::driver(allocate_or_status).expect("allocation without low resources");
+        // SAFETY: `p` came from ExAllocatePoolWithTag with `TAG`.
+        unsafe { wsksend_ffi::ExFreePoolWithTag(p, TAG) };
+        assert_eq!(s.low_resources_stats().failed_pool, 1);
+        s.finish();
+    }
+}
