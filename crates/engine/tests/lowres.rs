@@ -380,8 +380,6 @@ fn engine_sends_every_nth_1_to_24() {
 
 /// A blocking send under a low heap.
 #[test]
-#[ignore = "fails until engine bug 5 is fixed: Connection::send_and_wait makes an infallible \
-            Arc::new (connection.rs:474) and Box::new (connection.rs:479): abort"]
 fn engine_blocking_send_all_allocs_seeds_500_to_599() {
     suite(
         "engine_blocking_send_all_allocs_seeds_500_to_599",

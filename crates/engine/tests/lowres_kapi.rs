@@ -228,9 +228,6 @@ fn kapi_sends_kernel_allocs_seeds_1150_to_1299() {
 
 /// `WsksSendSync` under a low heap.
 #[test]
-#[ignore = "fails until engine bug 5 is fixed: WsksSendSync (kapi.rs:256) goes through \
-            Connection::send_and_wait, whose Arc::new (connection.rs:474) and Box::new \
-            (connection.rs:479) are infallible: abort"]
 fn kapi_sends_all_allocs_seeds_1300_to_1399() {
     suite(
         "kapi_sends_all_allocs_seeds_1300_to_1399",
