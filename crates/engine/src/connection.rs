@@ -300,6 +300,24 @@ impl Connection {
         }))
     }
 
+    /// [`Self::new`] for tests that drive a connection with a provider of their own
+    /// (the schedule exploration, `tests/schedule.rs`). Not part of the driver's API.
+    ///
+    /// # Safety
+    /// As for [`Self::new`].
+    ///
+    /// # Errors
+    /// `STATUS_INVALID_PARAMETER` (no dispatch table), `STATUS_INSUFFICIENT_RESOURCES`.
+    #[doc(hidden)]
+    pub unsafe fn from_socket_for_tests(
+        socket: NonNull<WSK_SOCKET>,
+        remote: SocketAddr,
+        options: &ConnectOptions,
+    ) -> Result<Arc<Self>> {
+        // SAFETY: forwarded from the caller's contract.
+        unsafe { Self::new(socket, remote, options) }
+    }
+
     /// The peer address.
     #[must_use]
     pub const fn remote(&self) -> SocketAddr {

@@ -14,7 +14,9 @@
 //! - a WSK provider over real loopback sockets, with per-call fault injection ([`wsk`]);
 //! - a checker that records every broken kernel rule and fails the test ([`Rule`],
 //!   [`Session`]);
-//! - a TCP [`Sink`] to receive what the provider sends.
+//! - a TCP [`Sink`] to receive what the provider sends;
+//! - hooks that put the model's locks and completions under a controlled scheduler,
+//!   for schedule exploration ([`sched`]).
 //!
 //! A test starts with [`session()`], which serialises tests that use the model and
 //! resets it, and ends with [`Session::finish`] (no violation, no leak) or
@@ -29,6 +31,7 @@ mod checker;
 pub mod irp;
 pub mod mdl;
 pub mod pool;
+pub mod sched;
 mod sink;
 mod socket;
 pub mod sync;
