@@ -481,7 +481,7 @@ fn explore(first: u64, count: u64) {
     for seed in first..first + count {
         RUNNING_SEED.store(seed, Ordering::SeqCst);
         let mut config = Config::new();
-        config.stack_size = 256 * 1024;
+        config.stack_size = 64 * 1024;
         config.max_steps = MaxSteps::FailAfter(100_000);
         let runner = Runner::new(RandomScheduler::new_from_seed(seed, 1), config);
         let outcome = panic::catch_unwind(AssertUnwindSafe(|| runner.run(one_schedule)));
