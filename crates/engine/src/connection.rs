@@ -20,7 +20,7 @@ use alloc::vec::Vec;
 use core::ffi::c_void;
 use core::net::SocketAddr;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use core::time::Duration;
 
 use wsksend_ffi::status::{STATUS_CANCELLED, STATUS_MORE_PROCESSING_REQUIRED, STATUS_PENDING};
@@ -162,7 +162,8 @@ pub enum CancelOutcome {
     NotFound,
     /// The send was still queued: it completed with `STATUS_CANCELLED`.
     Cancelled,
-    /// The send is with the provider, which accepted the cancel request.
+    /// The send is with the provider, which accepted the cancel request; or it was
+    /// about to be handed over, and completes with `STATUS_CANCELLED` instead.
     Requested,
     /// The send is with the provider, which cannot cancel it (Wine): close the
     /// connection to complete it.
@@ -200,6 +201,11 @@ struct SendOp {
     completion: Option<Completion>,
     refs: AtomicU8,
     stage: AtomicU8,
+    /// Set (under the state lock) once `post()` is about to hand the IRP to the
+    /// provider; before that a cancel is only recorded in `cancel_requested`.
+    submitted: AtomicBool,
+    /// A cancel arrived while the op was posted but not yet submitted (state lock).
+    cancel_requested: AtomicBool,
 }
 
 /// Mutable state of a connection, under its spin lock.
@@ -441,6 +447,8 @@ impl Connection {
             completion: None,
             refs: AtomicU8::new(0),
             stage: AtomicU8::new(QUEUED),
+            submitted: AtomicBool::new(false),
+            cancel_requested: AtomicBool::new(false),
         })
     }
 
@@ -563,6 +571,15 @@ impl Connection {
         let Some(op) = found else {
             return CancelOutcome::NotFound;
         };
+        // SAFETY: listed, so live (lock held).
+        let listed = unsafe { &*op };
+        if !listed.submitted.load(Ordering::Relaxed) {
+            // Listed as posted, but `post()` has not handed the IRP over yet: an
+            // `IoCancelIrp` now would be undone by the IRP's re-arming. Recorded here,
+            // honoured by `post()`, which completes the send with `STATUS_CANCELLED`.
+            listed.cancel_requested.store(true, Ordering::Relaxed);
+            return CancelOutcome::Requested;
+        }
         // SAFETY: listed, so live; this reference keeps its IRP from being recycled.
         unsafe { (*op).refs.fetch_add(1, Ordering::AcqRel) };
         drop(st);
@@ -661,6 +678,11 @@ impl Connection {
                     st.tail = ptr::null_mut();
                 }
                 st.queued -= 1;
+                // The references and stage are set before the op becomes visible to
+                // `cancel` in `posted`: set later (in `post()`, after the unlock), a cancel
+                // in between took the count 0 -> 1 -> 0 and freed the op under `post()`.
+                // SAFETY: the queue owned `op` until now (lock held); no one else has it.
+                unsafe { arm(op) };
                 // Capacity was reserved for max_posted entries: no allocation here.
                 st.posted.push(op);
                 drop(st);
@@ -685,16 +707,34 @@ impl Connection {
     /// # Safety
     /// `op` was just moved from the queue to the posted list by the pump.
     unsafe fn post(&self, op: *mut SendOp) {
-        // SAFETY: the pump owns the op until it is posted.
+        // SAFETY: the pump owns the op until it is posted; `arm` gave it the poster's
+        // and the completion's references.
         let o = unsafe { &mut *op };
-        o.stage.store(POSTED, Ordering::Release);
-        // One reference for this poster, one for the completion routine.
-        o.refs.store(2, Ordering::Release);
         let irp = o.irp.as_mut().map_or(ptr::null_mut(), |irp| {
             // SAFETY: the op's IRP is not in flight; the op outlives its completion.
             unsafe { irp.prepare(send_complete, op.cast()) };
             irp.as_ptr()
         });
+        // From here a cancel goes to the IRP (whose `Cancel` flag the re-arming above
+        // can no longer clear); one that came before is honoured now.
+        let cancelled = {
+            let _st = self.state.lock();
+            o.submitted.store(true, Ordering::Relaxed);
+            o.cancel_requested.load(Ordering::Relaxed)
+        };
+        if cancelled
+            && o.stage
+                .compare_exchange(POSTED, DONE, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            // SAFETY: we won the stage and hold the poster's reference.
+            unsafe { self.finish(op, STATUS_CANCELLED, 0) };
+            // SAFETY: the IRP was never submitted: the completion's reference is ours.
+            unsafe { release(op) };
+            // SAFETY: the poster's reference.
+            unsafe { release(op) };
+            return;
+        }
         let buf = ptr::addr_of_mut!(o.buf);
         let flags = o.flags;
         // SAFETY: the socket is open (type invariant: the pump has not closed it).
@@ -914,6 +954,18 @@ fn whole(chain: &MdlChain, length: usize) -> WSK_BUF {
         Offset: 0,
         Length: length,
     }
+}
+
+/// Makes a queued op posted: stage `POSTED`, one reference for the poster and one for
+/// the completion routine.
+///
+/// # Safety
+/// The caller owns `op` (just taken off the queue, not yet listed as posted).
+unsafe fn arm(op: *mut SendOp) {
+    // SAFETY: owned by the caller, so live and not shared yet.
+    let o = unsafe { &*op };
+    o.stage.store(POSTED, Ordering::Release);
+    o.refs.store(2, Ordering::Release);
 }
 
 /// Drops one reference of a posted op; the last one recycles it.
