@@ -7,6 +7,8 @@
 //! - `e2e NAME...` — load the driver and run the named harness scenarios.
 //! - `bench [MIB] [KIB]` — driver vs user-mode `WSASend` throughput under Wine;
 //!   writes `target/e2e/bench.json`.
+//! - `soak [RUNS]` — the host test binaries `RUNS` times (default 20) under CPU load;
+//!   prints the failing tests and `N passed, M failed` (runs).
 //!
 //! System packages (Wine, mingw-w64) are installed with apt when running as root;
 //! otherwise the exact command is printed.
@@ -15,6 +17,7 @@ mod artifacts;
 mod deps;
 mod e2e;
 mod process;
+mod soak;
 mod wine;
 
 use std::path::PathBuf;
@@ -32,9 +35,11 @@ fn main() -> ExitCode {
         "build" => deps::ensure().and_then(|()| artifacts::build().map(|_| ())),
         "e2e" => e2e::scenarios(&args[1..]),
         "bench" => e2e::bench(&args[1..]),
+        "soak" => soak::soak(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask run | test | build | e2e SCENARIO... | bench [MIB] [KIB]"
+                "usage: cargo xtask run | test | build | e2e SCENARIO... | bench [MIB] [KIB] \
+                 | soak [RUNS]"
             );
             return ExitCode::from(2);
         }
