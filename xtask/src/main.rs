@@ -7,6 +7,9 @@
 //! - `e2e NAME...` — load the driver and run the named harness scenarios.
 //! - `bench [MIB] [KIB]` — driver vs user-mode `WSASend` throughput under Wine;
 //!   writes `target/e2e/bench.json`.
+//! - `fuzz [SECONDS]` — libFuzzer over the protocol parsers and the dispatcher (the
+//!   `fuzz/` crate, its own workspace); prints executions and crashes, keeps crashes
+//!   as regression inputs that `cargo test` replays. Not in CI.
 //! - `soak [RUNS]` — the host test binaries `RUNS` times (default 20) under CPU load;
 //!   prints the failing tests and `N passed, M failed` (runs).
 //!
@@ -16,6 +19,7 @@
 mod artifacts;
 mod deps;
 mod e2e;
+mod fuzz;
 mod process;
 mod soak;
 mod wine;
@@ -35,11 +39,12 @@ fn main() -> ExitCode {
         "build" => deps::ensure().and_then(|()| artifacts::build().map(|_| ())),
         "e2e" => e2e::scenarios(&args[1..]),
         "bench" => e2e::bench(&args[1..]),
+        "fuzz" => fuzz::fuzz(&args[1..]),
         "soak" => soak::soak(&args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask run | test | build | e2e SCENARIO... | bench [MIB] [KIB] \
-                 | soak [RUNS]"
+                 | fuzz [SECONDS] | soak [RUNS]"
             );
             return ExitCode::from(2);
         }
