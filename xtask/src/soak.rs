@@ -4,7 +4,8 @@
 //! then runs every binary `RUNS` times (default 20) while one busy thread per CPU
 //! keeps the machine loaded, the way a loaded CI machine or a slow VM would. A run
 //! passes when every binary exits 0. Prints each failing test with how often it
-//! failed, and `N passed, M failed` (runs); fails if any run failed.
+//! failed, and `N passed, M failed` (runs); fails if any run failed. The output of
+//! each failing binary is kept in `target/soak/run-<N>-<binary>.txt`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -51,7 +52,7 @@ pub fn soak(args: &[String]) -> Result {
     for run in 1..=runs {
         let mut names = Vec::new();
         for binary in &binaries {
-            names.extend(run_binary(binary)?);
+            names.extend(run_binary(binary, run)?);
         }
         if names.is_empty() {
             passed += 1;
@@ -130,7 +131,7 @@ fn json_string(line: &str, key: &str) -> Option<String> {
 
 /// Runs one binary; returns the names of the tests that failed (the binary's name if
 /// it failed without naming one: a crash, a hang, an abort).
-fn run_binary(binary: &TestBinary) -> Result<Vec<String>> {
+fn run_binary(binary: &TestBinary, run: usize) -> Result<Vec<String>> {
     let mut cmd = Command::new(&binary.executable);
     cmd.current_dir(&binary.dir).stderr(Stdio::null());
     let out = process::run_captured(cmd, BINARY_LIMIT)?;
@@ -142,6 +143,11 @@ fn run_binary(binary: &TestBinary) -> Result<Vec<String>> {
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     let crate_name = stem.rsplit_once('-').map_or(stem.as_str(), |(s, _)| s);
+    let logs = crate::root().join("target").join("soak");
+    let log = logs.join(format!("run-{run}-{crate_name}.txt"));
+    if std::fs::create_dir_all(&logs).is_ok() && std::fs::write(&log, &out.stdout).is_ok() {
+        println!("soak: output kept in {}", log.display());
+    }
     let mut names: Vec<String> = out
         .stdout
         .lines()
