@@ -10,6 +10,11 @@
 //! - `headers` — check `include/*.h` against the Rust definitions, in C and C++ (also part of `test`).
 //! - `bench [MIB] [KIB]` — driver vs user-mode `WSASend` throughput under Wine;
 //!   writes `target/e2e/bench.json`.
+//! - `fuzz [SECONDS]` — libFuzzer over the protocol parsers and the dispatcher (the
+//!   `fuzz/` crate, its own workspace); prints executions and crashes, keeps crashes
+//!   as regression inputs that `cargo test` replays. Not in CI.
+//! - `soak [RUNS]` — the host test binaries `RUNS` times (default 20) under CPU load;
+//!   prints the failing tests and `N passed, M failed` (runs).
 //!
 //! System packages (Wine, mingw-w64, LLVM 19) are installed with apt when running as root;
 //! otherwise the exact command is printed.
@@ -19,9 +24,11 @@ mod c_scenarios;
 mod deps;
 mod e2e;
 mod examples;
+mod fuzz;
 mod headers;
 mod kmdf;
 mod process;
+mod soak;
 mod wine;
 
 use std::path::PathBuf;
@@ -41,9 +48,12 @@ fn main() -> ExitCode {
         "e2e" => e2e::scenarios(&args[1..]),
         "bench" => e2e::bench(&args[1..]),
         "headers" => deps::ensure().and_then(|()| headers::check()),
+        "fuzz" => fuzz::fuzz(&args[1..]),
+        "soak" => soak::soak(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask run | test | check-kmdf | build | headers | e2e SCENARIO... | bench [MIB] [KIB]"
+                "usage: cargo xtask run | test | check-kmdf | build | headers | e2e SCENARIO... \
+                 | bench [MIB] [KIB] | fuzz [SECONDS] | soak [RUNS]"
             );
             return ExitCode::from(2);
         }

@@ -274,7 +274,9 @@ fn scenario(seed: u64, kinds: &[Alloc], sends_only: bool) -> u64 {
     if driver(|| {
         // SAFETY: the model's device lives for the whole process.
         unsafe { wsksend_engine::global::start(wsksend_kernel_model::device()) }
-    }).is_ok() {
+    })
+    .is_ok()
+    {
         let d: &'static Dispatcher<Token> = Box::leak(Box::new(Dispatcher::new(Config { carve })));
         let mut run = Run {
             seed,

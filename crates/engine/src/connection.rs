@@ -373,6 +373,24 @@ impl Connection {
         Ok(Self { inner })
     }
 
+    /// [`Self::new`] for tests that drive a connection over a socket of their own (the
+    /// schedule exploration's fake provider); not part of the API.
+    ///
+    /// # Safety
+    /// As for [`Self::new`].
+    ///
+    /// # Errors
+    /// As for [`Self::new`].
+    #[doc(hidden)]
+    pub unsafe fn from_socket_for_tests(
+        socket: NonNull<WSK_SOCKET>,
+        remote: SocketAddr,
+        options: &ConnectOptions,
+    ) -> Result<Self> {
+        // SAFETY: forwarded from the caller's contract.
+        unsafe { Self::new(socket, remote, options) }
+    }
+
     /// Whether `a` and `b` are handles of the same connection.
     #[must_use]
     pub fn ptr_eq(a: &Self, b: &Self) -> bool {

@@ -85,7 +85,9 @@ fn scenario(seed: u64, config: LowResources, plan: Plan) -> u64 {
     if driver(|| {
         // SAFETY: the model's device lives for the whole process.
         unsafe { global::start(wsksend_kernel_model::device()) }
-    }).is_ok() {
+    })
+    .is_ok()
+    {
         let raw = RawAddr::from_socket_addr(sink.addr());
         let RawAddr::V4(a) = &raw else {
             unreachable!("a v4 sink")

@@ -250,6 +250,7 @@ kernel_export! {
     /// `Irp` came from `IoAllocateIrp` (checked).
     fn IoCancelIrp(Irp: *mut IRP) -> BOOLEAN {
         check_irql("IoCancelIrp", DISPATCH_LEVEL);
+        crate::sched::point();
         if !check_live(&mut state(), Irp, "IoCancelIrp") {
             return FALSE;
         }
@@ -445,6 +446,8 @@ fn release_flight(st: &mut State, flight: Option<Flight>) {
 /// would free the IRP under the driver. IRPs the model did not allocate (built by a
 /// test) are walked without that check.
 pub(crate) fn complete_request(irp: *mut IRP) {
+    // Schedule exploration: completions are scheduling points.
+    crate::sched::point();
     let driver_allocated = {
         let mut st = state();
         let (flight, known) = match st.irps.get_mut(&(irp as usize)) {

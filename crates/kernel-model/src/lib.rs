@@ -18,6 +18,8 @@
 //! - a low-resources simulation that fails driver allocations (pool, IRPs, MDLs and,
 //!   with [`ModelAllocator`], the Rust heap) every Nth or at random from a seed
 //!   ([`lowres`]).
+//! - hooks that put the model's locks and completions under a controlled scheduler,
+//!   for schedule exploration ([`sched`]).
 //!
 //! A test starts with [`session()`], which serialises tests that use the model and
 //! resets it, and ends with [`Session::finish`] (no violation, no leak) or
@@ -34,6 +36,7 @@ pub mod lowres;
 pub mod mdl;
 pub mod pool;
 mod reset;
+pub mod sched;
 mod sink;
 mod socket;
 pub mod sync;

@@ -37,11 +37,14 @@ static CANCEL_LOCK: AtomicUsize = AtomicUsize::new(0);
 /// The calling thread's model IRQL.
 #[must_use]
 pub fn current_irql() -> KIRQL {
-    IRQL.with(Cell::get)
+    // Schedule exploration: tasks of a controlled scheduler each have their own IRQL.
+    crate::sched::task_irql().unwrap_or_else(|| IRQL.with(Cell::get))
 }
 
 pub(crate) fn set_irql(irql: KIRQL) {
-    IRQL.with(|c| c.set(irql));
+    if !crate::sched::set_task_irql(irql) {
+        IRQL.with(|c| c.set(irql));
+    }
 }
 
 /// Sets the thread's model IRQL and restores the previous one when dropped.
@@ -75,7 +78,9 @@ pub(crate) fn check_irql(routine: &str, max: KIRQL) {
 // --- spin locks ---
 
 fn acquire(word: &AtomicUsize, what: &str) {
-    let me = TOKEN.with(|t| *t);
+    // Schedule exploration: a scheduling point, and the task's own owner token.
+    crate::sched::point();
+    let me = crate::sched::task_token().unwrap_or_else(|| TOKEN.with(|t| *t));
     if word.load(Ordering::Relaxed) == me {
         violation(
             Rule::BadSpinLockRelease,
@@ -87,16 +92,20 @@ fn acquire(word: &AtomicUsize, what: &str) {
         .compare_exchange_weak(0, me, Ordering::Acquire, Ordering::Relaxed)
         .is_err()
     {
-        thread::yield_now();
+        if crate::sched::task_token().is_some() {
+            crate::sched::point();
+        } else {
+            thread::yield_now();
+        }
     }
 }
 
 /// Releases the lock if the calling thread holds it. A lock held by another thread
 /// stays with that thread (on Windows its holder would run on with its data corrupted).
 fn release(word: &AtomicUsize, what: &str) {
-    let me = TOKEN.with(|t| *t);
+    let me = crate::sched::task_token().unwrap_or_else(|| TOKEN.with(|t| *t));
     match word.compare_exchange(me, 0, Ordering::Release, Ordering::Relaxed) {
-        Ok(_) => {}
+        Ok(_) => crate::sched::point(),
         Err(0) => violation(
             Rule::BadSpinLockRelease,
             format!("{what} released while not held"),
@@ -276,6 +285,7 @@ kernel_export! {
     fn KeSetEvent(Event: *mut KEVENT, Increment: i32, Wait: BOOLEAN) -> i32 {
         let _ = (Increment, Wait);
         check_irql("KeSetEvent", DISPATCH_LEVEL);
+        crate::sched::point();
         event(Event.cast(), "KeSetEvent").map_or(0, |e| i32::from(e.set()))
     }
 }
