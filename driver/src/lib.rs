@@ -59,9 +59,7 @@ static GLOBAL_ALLOCATOR: WdkAllocator = WdkAllocator;
 /// Driver-wide dispatcher state shared by every request. KMDF on Windows has a working
 /// `IoBuildPartialMdl`, so multi-segment sends carve partial MDLs (the WDM front end
 /// under Wine uses system addresses instead).
-static DISPATCHER: Dispatcher<request::Pending> = Dispatcher::new(Config {
-    carve: Carve::PartialMdl,
-});
+static DISPATCHER: Dispatcher<request::Pending> = Dispatcher::new(Config::new(Carve::PartialMdl));
 
 /// Pool tag for the framework's allocations on our behalf (`WskS`, as the WDM front end).
 const POOL_TAG: ULONG = u32::from_le_bytes(*b"WskS");

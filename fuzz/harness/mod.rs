@@ -148,6 +148,7 @@ fn world() -> &'static World {
     WORLD.get_or_init(|| World {
         dispatcher: Box::leak(Box::new(Dispatcher::new(Config {
             carve: Carve::PartialMdl,
+            linger: std::time::Duration::from_millis(100),
         }))),
         sink: Sink::v4(),
     })

@@ -141,6 +141,20 @@ pub trait PendingIo: Send + Sized + 'static {
 pub struct Config {
     /// How multi-segment sends carve the direct buffer into an MDL chain.
     pub carve: Carve,
+    /// How long closing a connection (CLOSE, handle cleanup, unload) may stay
+    /// graceful before it resets it ([`ConnectOptions::linger`]).
+    pub linger: Duration,
+}
+
+impl Config {
+    /// The front ends' configuration with `carve`: the engine's default linger.
+    #[must_use]
+    pub const fn new(carve: Carve) -> Self {
+        Self {
+            carve,
+            linger: wsksend_engine::connection::GRACEFUL_WAIT,
+        }
+    }
 }
 
 struct Entry {
@@ -276,6 +290,7 @@ impl<P: PendingIo> Dispatcher<P> {
             } else {
                 Duration::from_millis(u64::from(req.timeout_ms))
             },
+            linger: self.config.linger,
         };
         let connection = match global::with_client(|c| c.connect(req.remote, &options)) {
             Ok(c) => c,

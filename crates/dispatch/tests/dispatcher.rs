@@ -234,7 +234,11 @@ impl Driver {
         // SAFETY: the model's device object lives for the whole process.
         unsafe { wsksend_engine::global::start(wsksend_kernel_model::device()) }
             .expect("global::start");
-        let d = Box::leak(Box::new(Dispatcher::new(Config { carve })));
+        let d = Box::leak(Box::new(Dispatcher::new(Config {
+            carve,
+            // Connections whose sends the provider parks for ever reset soon.
+            linger: Duration::from_millis(200),
+        })));
         Self { d, running: true }
     }
 

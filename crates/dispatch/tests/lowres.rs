@@ -277,7 +277,10 @@ fn scenario(seed: u64, kinds: &[Alloc], sends_only: bool) -> u64 {
     })
     .is_ok()
     {
-        let d: &'static Dispatcher<Token> = Box::leak(Box::new(Dispatcher::new(Config { carve })));
+        let d: &'static Dispatcher<Token> = Box::leak(Box::new(Dispatcher::new(Config {
+            carve,
+            linger: std::time::Duration::from_millis(200),
+        })));
         let mut run = Run {
             seed,
             d,

@@ -50,8 +50,12 @@ pub const MAX_POSTED_LIMIT: usize = 64;
 pub const CLOSE_WAIT: Duration = Duration::from_secs(30);
 
 /// How long a graceful close (posted sends, then `WskDisconnect`) may take before it
-/// becomes abortive.
+/// becomes abortive, by default ([`ConnectOptions::linger`]).
 pub const GRACEFUL_WAIT: Duration = Duration::from_secs(10);
+
+/// Longest [`ConnectOptions::linger`] honoured (longer is capped), so teardown stays
+/// bounded.
+pub const MAX_LINGER: Duration = Duration::from_secs(60);
 
 /// Longest wait [`Connection::send_and_wait`] accepts for the send itself.
 pub const MAX_SYNC_WAIT: Duration = Duration::from_secs(120);
@@ -68,6 +72,9 @@ pub struct ConnectOptions {
     pub max_posted: usize,
     /// Limit for socket creation, bind and connect together.
     pub connect_timeout: Duration,
+    /// How long a graceful close (posted sends finish, then `WskDisconnect`) may take
+    /// before it becomes abortive: the `SO_LINGER` timeout of this connection.
+    pub linger: Duration,
 }
 
 impl Default for ConnectOptions {
@@ -76,6 +83,7 @@ impl Default for ConnectOptions {
             nodelay: false,
             max_posted: 8,
             connect_timeout: Duration::from_secs(10),
+            linger: GRACEFUL_WAIT,
         }
     }
 }
@@ -294,6 +302,7 @@ struct Shared {
     remote: SocketAddr,
     nodelay: bool,
     max_posted: usize,
+    linger: Duration,
     state: SpinLock<State>,
     /// Set when the close IRP has completed.
     closed: Event,
@@ -346,6 +355,7 @@ impl Connection {
             remote,
             nodelay: options.nodelay,
             max_posted,
+            linger: options.linger.min(MAX_LINGER),
             state: SpinLock::new(State {
                 head: ptr::null_mut(),
                 tail: ptr::null_mut(),
@@ -743,7 +753,8 @@ impl Connection {
 
     /// Closes the connection gracefully and waits until every send has completed, the
     /// socket is closed and every send's IRP and MDLs are freed. A graceful close that
-    /// has not finished within [`GRACEFUL_WAIT`] becomes abortive. Idempotent.
+    /// has not finished within the connection's [`ConnectOptions::linger`] becomes
+    /// abortive. Idempotent.
     ///
     /// # Errors
     /// `STATUS_IO_TIMEOUT` if the provider did not finish within [`CLOSE_WAIT`] (the
@@ -753,7 +764,7 @@ impl Connection {
     /// `PASSIVE_LEVEL`.
     pub fn close(&self) -> Result {
         self.begin_close(CloseMode::Graceful);
-        if !self.inner.closed.wait(GRACEFUL_WAIT) {
+        if !self.inner.closed.wait(self.inner.linger) {
             self.begin_close(CloseMode::Abortive);
         }
         self.wait_closed()

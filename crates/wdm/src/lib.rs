@@ -34,9 +34,7 @@ pub(crate) static DEVICE: NamedDevice = NamedDevice::new(&DEVICE_NAME, &DOS_DEVI
 /// the direct buffer through its system address: Wine copies IOCTL buffers into the
 /// driver host's heap and stubs `IoBuildPartialMdl` (the KMDF front end, for Windows,
 /// uses partial MDLs).
-static DISPATCHER: Dispatcher<IrpToken> = Dispatcher::new(Config {
-    carve: Carve::SystemVa,
-});
+static DISPATCHER: Dispatcher<IrpToken> = Dispatcher::new(Config::new(Carve::SystemVa));
 
 mod token;
 use token::IrpToken;
