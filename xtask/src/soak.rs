@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 use crate::Result;
 use crate::process;
 
+/// Schedules the schedule-exploration test explores in each soak run.
+const SOAK_SCHEDULES: &str = "500";
 /// Runs when none are given.
 const DEFAULT_RUNS: usize = 20;
 /// Longest one test binary may take before it counts as hung (and failed).
@@ -133,6 +135,10 @@ fn json_string(line: &str, key: &str) -> Option<String> {
 /// it failed without naming one: a crash, a hang, an abort).
 fn run_binary(binary: &TestBinary, run: usize) -> Result<Vec<String>> {
     let mut cmd = Command::new(&binary.executable);
+    // The schedule exploration is deterministic by seed: repeating all 10,000 of its
+    // schedules every run finds nothing new, so a soak run explores a few (it still
+    // runs the same engine code under the same load).
+    cmd.env("WSKSEND_SCHEDULES", SOAK_SCHEDULES);
     cmd.current_dir(&binary.dir).stderr(Stdio::null());
     let out = process::run_captured(cmd, BINARY_LIMIT)?;
     if out.success() {

@@ -330,7 +330,13 @@ fn close_with_sends_in_flight_completes_them_first() {
     let s = model::session();
     let sink = Sink::v4();
     sink.pause_reading(true);
-    let (client, conn) = connect(sink.addr(), &ConnectOptions::default());
+    // The peer never takes the parked sends: the graceful close resets after the
+    // linger.
+    let options = ConnectOptions {
+        linger: Duration::from_millis(200),
+        ..ConnectOptions::default()
+    };
+    let (client, conn) = connect(sink.addr(), &options);
     let results = Results::default();
     for i in 0..4 {
         s.inject(Op::Send, Fault::PendIgnoringCancel);
