@@ -18,7 +18,6 @@ extern crate alloc;
 mod handshake;
 mod layout;
 
-use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -465,7 +464,7 @@ impl<P: PendingIo> Dispatcher<P> {
             self.forget(id);
             return Disposition::Complete(Outcome::fail(STATUS_CANCELLED), pending);
         }
-        let completion = Completion::Closure(Box::new(move |result| {
+        let completion = match Completion::try_closure(move |result: SendResult| {
             self.forget(id);
             pending.complete(Outcome {
                 status: result.status,
@@ -475,7 +474,17 @@ impl<P: PendingIo> Dispatcher<P> {
                     0
                 },
             });
-        }));
+        }) {
+            Ok(completion) => completion,
+            Err(complete) => {
+                // No memory for the box: complete the request through the closure.
+                complete(SendResult {
+                    status: STATUS_INSUFFICIENT_RESOURCES,
+                    bytes: 0,
+                });
+                return Disposition::Pending;
+            }
+        };
         let payload = Payload::Segments {
             master: direct.mdl,
             segments: &segments[..count],
@@ -582,21 +591,19 @@ impl<P: PendingIo> Dispatcher<P> {
     /// # IRQL
     /// `PASSIVE_LEVEL`.
     pub fn cleanup(&self, file: FileId) {
-        let mine: Vec<Entry> = {
-            let mut table = self.connections.lock();
-            let mut taken = Vec::new();
-            let mut i = 0;
-            while i < table.len() {
-                if table[i].file == file {
-                    taken.push(table.swap_remove(i));
-                } else {
-                    i += 1;
-                }
+        // One at a time: nothing is allocated (and nothing grows under the lock).
+        loop {
+            let entry = {
+                let mut table = self.connections.lock();
+                table
+                    .iter()
+                    .position(|e| e.file == file)
+                    .map(|i| table.swap_remove(i))
+            };
+            match entry {
+                Some(entry) => self.retire(&entry.connection),
+                None => break,
             }
-            taken
-        };
-        for entry in &mine {
-            self.retire(&entry.connection);
         }
     }
 

@@ -355,8 +355,6 @@ fn dispatch_sends_kernel_allocs_seeds_2000_to_2199() {
 
 /// SENDs under low pool, IRPs, MDLs and heap.
 #[test]
-#[ignore = "fails until bug 5 is fixed in the dispatcher: the infallible Box::new of each \
-            SEND's completion closure (dispatch/src/lib.rs:451): abort"]
 fn dispatch_sends_all_allocs_seeds_2200_to_2399() {
     suite(
         "dispatch_sends_all_allocs_seeds_2200_to_2399",
@@ -369,9 +367,6 @@ fn dispatch_sends_all_allocs_seeds_2200_to_2399() {
 /// Everything (start, CONNECT, SEND, CLOSE, cleanup, shutdown, stop) under low pool,
 /// IRPs and MDLs.
 #[test]
-#[ignore = "fails until engine bug 4 is fixed: a failed IRP or event allocation in \
-            close_socket (engine client.rs:298 via control.rs:132/133) leaks the socket; \
-            WskDeregister finds it open"]
 fn dispatch_everything_kernel_allocs_seeds_2400_to_2599() {
     suite(
         "dispatch_everything_kernel_allocs_seeds_2400_to_2599",
@@ -383,10 +378,6 @@ fn dispatch_everything_kernel_allocs_seeds_2400_to_2599() {
 
 /// Everything under low pool, IRPs, MDLs and heap.
 #[test]
-#[ignore = "fails until bugs 4 and 5 are fixed: the socket leak of close_socket (engine \
-            client.rs:298), Arc::new per connection (engine connection.rs:274), the Box per \
-            SEND (dispatch/src/lib.rs:451) and Vec growth under the table's spin lock in \
-            cleanup (dispatch/src/lib.rs:574): abort"]
 fn dispatch_everything_all_allocs_seeds_2600_to_2799() {
     suite(
         "dispatch_everything_all_allocs_seeds_2600_to_2799",

@@ -162,6 +162,9 @@ impl Client {
         // SAFETY: a captured NPI's dispatch table is valid until released at shutdown.
         let provider = unsafe { &*npi.Dispatch };
         let wsk_socket = provider.WskSocket.ok_or(Error::NOT_SUPPORTED)?;
+        // Allocated before the socket exists, so that a socket we create can always be
+        // closed (an open socket left behind makes WskDeregister wait for ever).
+        let closer = control::Call::new()?;
         let created = control::call(limit, None, &mut || {}, &mut |irp, _| {
             // SAFETY: valid client and IRP; no socket context or dispatch for a socket
             // that receives no events.
@@ -184,6 +187,7 @@ impl Client {
         let socket = NonNull::new(created as *mut WSK_SOCKET).ok_or(Error::INVALID_PARAMETER)?;
         let mut guard = SocketGuard {
             socket: Some(socket),
+            closer: Some(closer),
         };
         // SAFETY: the socket was just created and stays open until the guard closes it.
         let dispatch = unsafe { connection_dispatch(socket) };
@@ -198,33 +202,24 @@ impl Client {
                 unsafe { bind(socket.as_ptr(), addr, 0, irp) }
             },
         )?;
-        let mut closed_by_timeout = false;
         let connected = control::call(
             limit,
             Some(raw_remote),
             &mut || {
                 // Cancel not honoured (Wine): closing the socket completes the connect.
-                close_socket(socket);
-                closed_by_timeout = true;
+                guard.close_now();
             },
             &mut |irp, addr| {
                 // SAFETY: open, bound socket, address valid until completion, our IRP.
                 unsafe { connect(socket.as_ptr(), addr, 0, irp) }
             },
         );
-        if closed_by_timeout {
-            guard.socket = None;
-        }
         connected?;
-        let socket = guard.socket.take().ok_or(Error::TIMEOUT)?;
-        // SAFETY: a connected connection socket, handed over to the connection.
-        let connection = match unsafe { Connection::new(socket, remote, options) } {
-            Ok(c) => c,
-            Err(e) => {
-                close_socket(socket);
-                return Err(e);
-            }
-        };
+        let socket = guard.socket.ok_or(Error::TIMEOUT)?;
+        // SAFETY: a connected connection socket; on success the connection owns it.
+        let connection = unsafe { Connection::new(socket, remote, options) }?;
+        // The connection closes it from now on.
+        guard.socket = None;
         if let Err(e) = self.track(&connection) {
             // Not tracked, so shutdown would never close it: close it now (the socket
             // must not outlive the registration, or WskDeregister never returns).
@@ -383,27 +378,36 @@ impl Client {
     }
 }
 
-/// Closes a socket that no connection owns yet, if still set, when dropped.
+/// Closes a socket that no connection owns yet, if still set, when dropped, with a
+/// call allocated before the socket was created (so closing cannot fail for memory).
 struct SocketGuard {
     socket: Option<NonNull<WSK_SOCKET>>,
+    closer: Option<control::Call>,
 }
 
-impl Drop for SocketGuard {
-    fn drop(&mut self) {
-        if let Some(socket) = self.socket.take() {
-            close_socket(socket);
+impl SocketGuard {
+    /// Closes the socket now (once).
+    fn close_now(&mut self) {
+        if let (Some(socket), Some(closer)) = (self.socket.take(), self.closer.take()) {
+            close_socket(socket, closer);
         }
     }
 }
 
-/// `WskCloseSocket`, waited for (bounded).
-fn close_socket(socket: NonNull<WSK_SOCKET>) {
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        self.close_now();
+    }
+}
+
+/// `WskCloseSocket`, waited for (bounded), with a call prepared ahead.
+fn close_socket(socket: NonNull<WSK_SOCKET>, closer: control::Call) {
     // SAFETY: the socket is open until the close below.
     let dispatch = unsafe { connection_dispatch(socket) };
     let Some(close) = dispatch.WskCloseSocket else {
         return;
     };
-    let _ = control::call(Duration::from_secs(30), None, &mut || {}, &mut |irp, _| {
+    let _ = closer.run(Duration::from_secs(30), None, &mut || {}, &mut |irp, _| {
         // SAFETY: open socket, our IRP; the socket is not used after this.
         unsafe { close(socket.as_ptr(), irp) }
     });

@@ -138,9 +138,13 @@ impl Completion {
     /// A Rust closure, boxed in a fallible allocation.
     ///
     /// # Errors
-    /// `STATUS_INSUFFICIENT_RESOURCES` (the closure is dropped).
-    pub fn try_closure(f: impl FnOnce(SendResult) + Send + 'static) -> Result<Self> {
-        Ok(Self::Closure(crate::karc::try_box(f)?))
+    /// The closure itself, unboxed, when no memory could be had: the caller can still
+    /// run it (for example with `STATUS_INSUFFICIENT_RESOURCES`), so nothing it owns
+    /// is lost.
+    pub fn try_closure<F: FnOnce(SendResult) + Send + 'static>(
+        f: F,
+    ) -> core::result::Result<Self, F> {
+        crate::karc::try_box(f).map(|b| Self::Closure(b))
     }
 
     /// Runs the completion with `result`.

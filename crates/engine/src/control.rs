@@ -129,48 +129,85 @@ pub(crate) fn call(
     on_stuck: &mut dyn FnMut(),
     start: &mut dyn FnMut(*mut IRP, *mut SOCKADDR) -> NTSTATUS,
 ) -> Result<usize> {
-    let mut irp = Irp::new()?;
-    let mut ctx = PoolBox::try_new(SyncCall {
-        done: AtomicBool::new(false),
-        event: Event::notification()?,
-        addr: addr.unwrap_or(RawAddr::V4(SOCKADDR_IN {
-            sin_family: AF_INET,
-            sin_port: 0,
-            sin_addr: [0; 4],
-            sin_zero: [0; 8],
-        })),
-    })?;
-    let addr_ptr = ctx.addr.as_mut_ptr();
-    let ctx_ptr = core::ptr::from_ref::<SyncCall>(&ctx).cast_mut().cast();
-    // SAFETY: the IRP is fresh (not in flight); `ctx` lives until completion or is leaked.
-    unsafe { irp.prepare(sync_complete, ctx_ptr) }?;
-    let returned = start(irp.as_ptr(), addr_ptr);
-    if returned != STATUS_PENDING && !ctx.done.load(Ordering::Acquire) {
-        // The provider failed the call without completing the IRP (Wine's stubs do
-        // this); it will not touch the IRP again, so the returned status is the result.
-        return Err(Error::from_status(returned));
+    Call::new()?.run(limit, addr, on_stuck, start)
+}
+
+/// One synchronous call's IRP and context, allocated ahead: a call that must not fail
+/// for lack of memory later (closing a socket no connection owns yet) is prepared
+/// before the socket exists.
+pub(crate) struct Call {
+    irp: Irp,
+    ctx: PoolBox<SyncCall>,
+}
+
+impl Call {
+    /// Allocates the IRP, the context and its event.
+    ///
+    /// # Errors
+    /// `STATUS_INSUFFICIENT_RESOURCES`.
+    pub(crate) fn new() -> Result<Self> {
+        let irp = Irp::new()?;
+        let ctx = PoolBox::try_new(SyncCall {
+            done: AtomicBool::new(false),
+            event: Event::notification()?,
+            addr: RawAddr::V4(SOCKADDR_IN {
+                sin_family: AF_INET,
+                sin_port: 0,
+                sin_addr: [0; 4],
+                sin_zero: [0; 8],
+            }),
+        })?;
+        Ok(Self { irp, ctx })
     }
-    if ctx.event.wait(limit) {
-        // SAFETY: the completion routine ran, so the IRP is back in our hands.
-        let (status, information) = unsafe { irp.io_status() };
-        return io_result(status, information);
-    }
-    // SAFETY: the IRP is live: it has not completed, and we have not freed it.
-    unsafe { irp.cancel() };
-    if !ctx.event.wait(CANCEL_GRACE) {
-        on_stuck();
-        if !ctx.event.wait(CLOSE_GRACE) {
-            irp.abandon();
-            let _ = PoolBox::into_raw(ctx);
-            return Err(Error::TIMEOUT);
+
+    /// Makes the call: as [`call`], with what was allocated ahead. Arming the IRP
+    /// allocates only where a device is set (`IoSetCompletionRoutineEx`).
+    ///
+    /// # Errors
+    /// As [`call`].
+    pub(crate) fn run(
+        self,
+        limit: Duration,
+        addr: Option<RawAddr>,
+        on_stuck: &mut dyn FnMut(),
+        start: &mut dyn FnMut(*mut IRP, *mut SOCKADDR) -> NTSTATUS,
+    ) -> Result<usize> {
+        let Self { mut irp, mut ctx } = self;
+        if let Some(addr) = addr {
+            ctx.addr = addr;
         }
-    }
-    // SAFETY: completed (the event is set), so the IRP is ours again.
-    let (status, information) = unsafe { irp.io_status() };
-    // A call that completed successfully while we cancelled it did happen.
-    if NT_SUCCESS(status) {
-        Ok(information)
-    } else {
-        Err(Error::TIMEOUT)
+        let addr_ptr = ctx.addr.as_mut_ptr();
+        let ctx_ptr = core::ptr::from_ref::<SyncCall>(&ctx).cast_mut().cast();
+        // SAFETY: the IRP is fresh (not in flight); `ctx` lives until completion or is leaked.
+        unsafe { irp.prepare(sync_complete, ctx_ptr) }?;
+        let returned = start(irp.as_ptr(), addr_ptr);
+        if returned != STATUS_PENDING && !ctx.done.load(Ordering::Acquire) {
+            // The provider failed the call without completing the IRP (Wine's stubs do
+            // this); it will not touch the IRP again, so the returned status is the result.
+            return Err(Error::from_status(returned));
+        }
+        if ctx.event.wait(limit) {
+            // SAFETY: the completion routine ran, so the IRP is back in our hands.
+            let (status, information) = unsafe { irp.io_status() };
+            return io_result(status, information);
+        }
+        // SAFETY: the IRP is live: it has not completed, and we have not freed it.
+        unsafe { irp.cancel() };
+        if !ctx.event.wait(CANCEL_GRACE) {
+            on_stuck();
+            if !ctx.event.wait(CLOSE_GRACE) {
+                irp.abandon();
+                let _ = PoolBox::into_raw(ctx);
+                return Err(Error::TIMEOUT);
+            }
+        }
+        // SAFETY: completed (the event is set), so the IRP is ours again.
+        let (status, information) = unsafe { irp.io_status() };
+        // A call that completed successfully while we cancelled it did happen.
+        if NT_SUCCESS(status) {
+            Ok(information)
+        } else {
+            Err(Error::TIMEOUT)
+        }
     }
 }

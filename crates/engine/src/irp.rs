@@ -80,9 +80,11 @@ impl Irp {
     /// routine is set with `IoSetCompletionRoutineEx`, so the image stays loaded until
     /// the routine has returned, even after our teardown has seen its last object go.
     ///
+    /// If `IoSetCompletionRoutineEx` cannot allocate its context, the routine is set
+    /// without the device reference instead (KMDF's IRP wrapper does the same).
+    ///
     /// # Errors
-    /// `STATUS_INSUFFICIENT_RESOURCES` (`IoSetCompletionRoutineEx` allocates); the IRP
-    /// is then unarmed and must not be sent.
+    /// None today; callers handle one so that arming may fail in future.
     ///
     /// # Safety
     /// The IRP is not in flight, and `context` stays valid until `routine` has run.
@@ -110,11 +112,16 @@ impl Irp {
                 TRUE,
             )
         };
-        if NT_SUCCESS(status) {
-            Ok(())
-        } else {
-            Err(Error::NO_RESOURCES)
+        if !NT_SUCCESS(status) {
+            // Out of memory for the I/O manager's context: set the routine without the
+            // device reference (as KMDF's own IRP wrapper does) rather than fail the
+            // call; the engine's rundown still waits for everything the routine frees.
+            // SAFETY: as above.
+            unsafe {
+                IoSetCompletionRoutine(self.as_ptr(), Some(routine), context, true, true, true);
+            };
         }
+        Ok(())
     }
 
     /// `IoStatus` after completion: `(Status, Information)`.

@@ -14,8 +14,8 @@ use core::ops::Deref;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicUsize, Ordering, fence};
 
+use crate::Result;
 use crate::pool::PoolBox;
-use crate::{Error, Result};
 
 struct Inner<T> {
     count: AtomicUsize,
@@ -150,11 +150,11 @@ impl<T: fmt::Debug> fmt::Debug for KArc<T> {
 }
 
 /// `Box::new` that reports an exhausted heap instead of panicking (the kernel heap of
-/// the front ends is nonpaged pool, which can run out).
+/// the front ends is nonpaged pool, which can run out), handing the value back.
 ///
 /// # Errors
-/// `STATUS_INSUFFICIENT_RESOURCES` (the value is dropped).
-pub fn try_box<T>(value: T) -> Result<Box<T>> {
+/// The value itself, when no memory could be had.
+pub fn try_box<T>(value: T) -> core::result::Result<Box<T>, T> {
     let layout = Layout::new::<T>();
     if layout.size() == 0 {
         // Zero-sized: `Box` does not allocate.
@@ -163,7 +163,7 @@ pub fn try_box<T>(value: T) -> Result<Box<T>> {
     // SAFETY: the layout has a non-zero size.
     let raw = unsafe { alloc::alloc::alloc(layout) }.cast::<T>();
     if raw.is_null() {
-        return Err(Error::NO_RESOURCES);
+        return Err(value);
     }
     // SAFETY: a fresh block for one `T`, suitably aligned.
     unsafe { raw.write(value) };

@@ -391,9 +391,6 @@ fn engine_blocking_send_all_allocs_seeds_500_to_599() {
 /// Everything (register, connect, sends, close, shutdown) under low pool, IRPs and
 /// MDLs.
 #[test]
-#[ignore = "fails until engine bug 4 is fixed: a failed IRP or event allocation in \
-            close_socket (client.rs:298 via control.rs:132/133) leaks the socket, and \
-            WskDeregister finds it open"]
 fn engine_everything_kernel_allocs_seeds_600_to_799() {
     suite(
         "engine_everything_kernel_allocs_seeds_600_to_799",
@@ -404,9 +401,6 @@ fn engine_everything_kernel_allocs_seeds_600_to_799() {
 
 /// Everything under low pool, IRPs, MDLs and heap.
 #[test]
-#[ignore = "fails until engine bugs 4 and 5 are fixed: the socket leak of close_socket \
-            (client.rs:298) and infallible heap allocations (Arc::new per connection, \
-            connection.rs:274; send_and_wait, connection.rs:474/479): abort"]
 fn engine_everything_all_allocs_seeds_800_to_999() {
     suite(
         "engine_everything_all_allocs_seeds_800_to_999",

@@ -244,8 +244,6 @@ fn kapi_sends_all_allocs_seeds_1300_to_1399() {
 
 /// Everything, from `global::start` to `global::stop`, under low pool, IRPs and MDLs.
 #[test]
-#[ignore = "fails until engine bug 4 is fixed: WsksConnect's failed close_socket \
-            (client.rs:298) leaks the socket; WskDeregister finds it open"]
 fn kapi_everything_kernel_allocs_seeds_1400_to_1499() {
     suite(
         "kapi_everything_kernel_allocs_seeds_1400_to_1499",
@@ -260,9 +258,6 @@ fn kapi_everything_kernel_allocs_seeds_1400_to_1499() {
 
 /// Everything under low pool, IRPs, MDLs and heap.
 #[test]
-#[ignore = "fails until engine bugs 4 and 5 are fixed: the socket leak above, and the \
-            infallible Box::new of the handle (kapi.rs:136), Arc::new per connection \
-            (connection.rs:274) and send_and_wait (connection.rs:474/479): abort"]
 fn kapi_everything_all_allocs_seeds_1500_to_1599() {
     suite(
         "kapi_everything_all_allocs_seeds_1500_to_1599",
