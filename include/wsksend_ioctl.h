@@ -22,6 +22,7 @@
  * | IOCTL_WSKSEND_CONNECT     | buffered  | WSKSEND_CONNECT_REQUEST     | WSKSEND_CONNECT_REPLY |
  * | IOCTL_WSKSEND_SEND        | in-direct | WSKSEND_SEND_REQUEST + n x WSKSEND_SEGMENT | the payload (lpOutBuffer); bytes sent = lpBytesReturned |
  * | IOCTL_WSKSEND_CLOSE       | buffered  | WSKSEND_HANDLE_REQUEST      | -                     |
+ * | IOCTL_WSKSEND_ABORT       | buffered  | WSKSEND_HANDLE_REQUEST      | -                     |
  * | IOCTL_WSKSEND_STATS       | buffered  | WSKSEND_HANDLE_REQUEST (Handle 0 = driver) | WSKSEND_STATS |
  *
  * A SEND completes when WSK has accepted all its bytes; sends on one connection reach
@@ -69,9 +70,13 @@ extern "C" {
  * driver sends the segments from it without a copy. */
 #define IOCTL_WSKSEND_SEND \
     CTL_CODE(FILE_DEVICE_WSKSEND, 0x802, METHOD_IN_DIRECT, FILE_WRITE_DATA)
-/* WSKSEND_HANDLE_REQUEST; pending sends of the connection complete first. */
+/* WSKSEND_HANDLE_REQUEST; graceful: sends with the provider finish (queued ones are
+ * cancelled), then a disconnect; a reset after 10 s. Completes when every send has. */
 #define IOCTL_WSKSEND_CLOSE \
     CTL_CODE(FILE_DEVICE_WSKSEND, 0x803, METHOD_BUFFERED, FILE_READ_DATA | FILE_WRITE_DATA)
+/* WSKSEND_HANDLE_REQUEST; abortive (a reset, as closesocket with a zero linger). */
+#define IOCTL_WSKSEND_ABORT \
+    CTL_CODE(FILE_DEVICE_WSKSEND, 0x805, METHOD_BUFFERED, FILE_READ_DATA | FILE_WRITE_DATA)
 /* WSKSEND_HANDLE_REQUEST (Handle 0: the whole driver) -> WSKSEND_STATS. */
 #define IOCTL_WSKSEND_STATS \
     CTL_CODE(FILE_DEVICE_WSKSEND, 0x804, METHOD_BUFFERED, FILE_ANY_ACCESS)

@@ -276,6 +276,17 @@ impl Device {
         self.ioctl(IOCTL_WSKSEND_CLOSE, &input, &mut []).map(|_| ())
     }
 
+    /// `IOCTL_WSKSEND_ABORT`: an abortive close (a reset).
+    ///
+    /// # Errors
+    /// The Win32 error (`ERROR_INVALID_HANDLE` for an unknown handle).
+    pub fn abort(&self, handle: u64) -> Result<(), Win32Error> {
+        let mut input = [0u8; HandleRequest::WIRE_SIZE];
+        let _ = HandleRequest { handle }.emit(&mut input);
+        self.ioctl(wsksend_protocol::IOCTL_WSKSEND_ABORT, &input, &mut [])
+            .map(|_| ())
+    }
+
     /// `IOCTL_WSKSEND_STATS` (handle 0: the whole driver).
     ///
     /// # Errors

@@ -24,6 +24,9 @@ pub struct StreamReport {
     pub mismatch_at: Option<u64>,
     /// The peer closed (or the sink reset) the connection.
     pub closed: bool,
+    /// The peer ended the stream cleanly (FIN, read returned 0), not by a reset or
+    /// another read error.
+    pub clean_end: bool,
     /// The header was missing or malformed.
     pub bad_header: bool,
 }
@@ -151,6 +154,7 @@ fn serve(mut stream: TcpStream, shared: &Shared) {
     let mut buf = vec![0u8; 256 << 10];
     let mut seed = None;
     let mut pos: u64 = 0;
+    let mut clean_end = false;
     loop {
         if shared.stop.load(Ordering::Acquire) {
             return;
@@ -160,7 +164,10 @@ fn serve(mut stream: TcpStream, shared: &Shared) {
             continue;
         }
         let n = match stream.read(&mut buf) {
-            Ok(0) => break,
+            Ok(0) => {
+                clean_end = true;
+                break;
+            }
             Ok(n) => n,
             Err(e)
                 if matches!(
@@ -208,7 +215,10 @@ fn serve(mut stream: TcpStream, shared: &Shared) {
         }
     }
     if let Some(s) = seed {
-        update(shared, s, |r| r.closed = true);
+        update(shared, s, |r| {
+            r.closed = true;
+            r.clean_end = clean_end;
+        });
     }
 }
 

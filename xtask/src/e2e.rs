@@ -174,6 +174,7 @@ const DATA_SCENARIOS: &[&str] = &[
     "peer-reset",
     "cancel",
     "close-handle",
+    "close-delivers",
 ];
 
 /// `cargo xtask e2e NAME...`: load the driver and run the named harness scenarios

@@ -51,6 +51,7 @@ fn ioctl_constants() -> Vec<(&'static str, u64)> {
         ("IOCTL_WSKSEND_CONNECT", p::IOCTL_WSKSEND_CONNECT.into()),
         ("IOCTL_WSKSEND_SEND", p::IOCTL_WSKSEND_SEND.into()),
         ("IOCTL_WSKSEND_CLOSE", p::IOCTL_WSKSEND_CLOSE.into()),
+        ("IOCTL_WSKSEND_ABORT", p::IOCTL_WSKSEND_ABORT.into()),
         ("IOCTL_WSKSEND_STATS", p::IOCTL_WSKSEND_STATS.into()),
         ("WSKSEND_CONNECT_NODELAY", p::CONNECT_NODELAY.into()),
         ("WSKSEND_SEND_NODELAY", p::SEND_NODELAY.into()),

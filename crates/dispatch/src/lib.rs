@@ -79,6 +79,12 @@ impl Outcome {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FileId(pub usize);
 
+impl FileId {
+    /// No file object (an IRP a kernel-mode driver built without one): connection
+    /// requests from it are refused with `STATUS_INVALID_DEVICE_REQUEST`.
+    pub const NONE: Self = Self(0);
+}
+
 /// Identifies a pending request, for cancellation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct RequestId(pub u64);
@@ -245,6 +251,20 @@ impl<P: PendingIo> Dispatcher<P> {
     /// `PASSIVE_LEVEL`.
     pub fn device_control(&'static self, request: Request<'_, P>) -> Disposition<P> {
         let code = Ioctl::from(request.code);
+        if request.file == FileId::NONE
+            && matches!(
+                code,
+                Ioctl::Connect | Ioctl::Send | Ioctl::Close | Ioctl::Abort
+            )
+        {
+            // A kernel-mode sender without a file object: its connections would share
+            // one owner that no cleanup ever closes. Kernel callers use the exported
+            // API (`Wsks*`) instead.
+            return Disposition::Complete(
+                Outcome::fail(STATUS_INVALID_DEVICE_REQUEST),
+                request.pending,
+            );
+        }
         if code == Ioctl::Send {
             return self.send(request);
         }
@@ -255,7 +275,8 @@ impl<P: PendingIo> Dispatcher<P> {
                 VersionInfo::current().emit(out)
             }),
             Ioctl::Connect => self.connect(request.file, request.system, input_len, output_len),
-            Ioctl::Close => self.close(request.file, &request.system[..input_len]),
+            Ioctl::Close => self.close(request.file, &request.system[..input_len], false),
+            Ioctl::Abort => self.close(request.file, &request.system[..input_len], true),
             Ioctl::Stats => self.stats(request.file, request.system, input_len, output_len),
             Ioctl::Send | Ioctl::Unknown(_) => Outcome::fail(STATUS_INVALID_DEVICE_REQUEST),
         };
@@ -321,7 +342,8 @@ impl<P: PendingIo> Dispatcher<P> {
             .map(|e| e.connection.clone())
     }
 
-    fn close(&self, file: FileId, input: &[u8]) -> Outcome {
+    /// CLOSE (graceful) and ABORT (`abortive`: a reset at once).
+    fn close(&self, file: FileId, input: &[u8], abortive: bool) -> Outcome {
         let req = match HandleRequest::parse(input) {
             Ok(r) => r,
             Err(e) => return Outcome::fail(wire_status(e)),
@@ -335,6 +357,9 @@ impl<P: PendingIo> Dispatcher<P> {
         };
         match entry {
             Some(entry) => {
+                if abortive {
+                    let _ = global::close_abortive(&entry.connection);
+                }
                 self.retire(&entry.connection);
                 Outcome::ok(0)
             }

@@ -39,10 +39,10 @@ use wsksend_ffi::{
 use wsksend_kernel_model as _;
 use wsksend_kernel_model::{Fault, Op, SendMode, Sink, session};
 use wsksend_protocol::{
-    CONNECT_NODELAY, ConnectReply, ConnectRequest, HandleRequest, IOCTL_WSKSEND_CLOSE,
-    IOCTL_WSKSEND_CONNECT, IOCTL_WSKSEND_GET_VERSION, IOCTL_WSKSEND_SEND, IOCTL_WSKSEND_STATS,
-    MAX_PENDING_PER_HANDLE, MAX_SEGMENTS, MSG_DONTROUTE, MSG_OOB, MSG_PARTIAL, SEND_NODELAY,
-    SendRequest, Stats, VersionInfo, WireSegment, ctl_code,
+    CONNECT_NODELAY, ConnectReply, ConnectRequest, HandleRequest, IOCTL_WSKSEND_ABORT,
+    IOCTL_WSKSEND_CLOSE, IOCTL_WSKSEND_CONNECT, IOCTL_WSKSEND_GET_VERSION, IOCTL_WSKSEND_SEND,
+    IOCTL_WSKSEND_STATS, MAX_PENDING_PER_HANDLE, MAX_SEGMENTS, MSG_DONTROUTE, MSG_OOB, MSG_PARTIAL,
+    SEND_NODELAY, SendRequest, Stats, VersionInfo, WireSegment, ctl_code,
 };
 
 /// Bound of every wait for something that should happen.
@@ -1811,4 +1811,68 @@ fn handshake_race_completes_exactly_once_with_the_stored_outcome() {
             other => panic!("round {i}: completed {other:?}"),
         }
     }
+}
+
+/// CLOSE ends the stream cleanly after every byte (a graceful disconnect); ABORT resets
+/// it (Windows' `WskCloseSocket` on a connected socket, which the model imitates).
+#[test]
+fn close_ends_the_stream_cleanly_and_abort_resets_it() {
+    let s = session();
+    let drv = Driver::start(Carve::SystemVa);
+    let d = drv.d;
+    let sink = Sink::v4();
+    let graceful = connect(d, FILE_A, &sink);
+    let abortive = connect(d, FILE_A, &sink);
+    let p = Payload::pattern(10_000, 31);
+    send_all(d, FILE_A, graceful, &p);
+    send_all(d, FILE_A, abortive, &p);
+    assert_received(&sink, 0, &p.data);
+    assert_received(&sink, 1, &p.data);
+    assert_eq!(close(d, FILE_A, graceful), Outcome::ok(0));
+    let r = buffered(d, FILE_A, IOCTL_WSKSEND_ABORT, &handle_input(abortive), 0);
+    assert_eq!(r.outcome, Outcome::ok(0));
+    assert!(sink.wait_closed(0, WAIT) && sink.wait_closed(1, WAIT));
+    assert_eq!(sink.ended_cleanly(0), Some(true), "CLOSE reset the peer");
+    assert_eq!(
+        sink.ended_cleanly(1),
+        Some(false),
+        "ABORT ended the stream cleanly"
+    );
+    // Both handles are gone.
+    let r = buffered(d, FILE_A, IOCTL_WSKSEND_ABORT, &handle_input(abortive), 0);
+    assert_eq!(r.outcome, Outcome::fail(STATUS_INVALID_HANDLE));
+    assert_eq!(d.connection_count(), 0);
+    drv.stop();
+    drop(p);
+    s.finish();
+}
+
+/// Bug 8: requests without a file object (a kernel-mode sender) all shared file id 0,
+/// whose connections no cleanup ever closed. CONNECT, SEND, CLOSE and ABORT without a
+/// file object are refused; GET_VERSION still answers.
+#[test]
+fn connection_requests_without_a_file_object_are_refused() {
+    let s = session();
+    let drv = Driver::start(Carve::SystemVa);
+    let d = drv.d;
+    let sink = Sink::v4();
+    let none = FileId::NONE;
+    let r = try_connect(d, none, sink.addr(), 0, 0);
+    assert_eq!(r.outcome, Outcome::fail(STATUS_INVALID_DEVICE_REQUEST));
+    for code in [IOCTL_WSKSEND_CLOSE, IOCTL_WSKSEND_ABORT] {
+        let r = buffered(d, none, code, &handle_input(1), 0);
+        assert_eq!(r.outcome, Outcome::fail(STATUS_INVALID_DEVICE_REQUEST));
+    }
+    let r = buffered(
+        d,
+        none,
+        IOCTL_WSKSEND_GET_VERSION,
+        &[],
+        VersionInfo::WIRE_SIZE,
+    );
+    assert_eq!(r.outcome, Outcome::ok(VersionInfo::WIRE_SIZE));
+    assert_eq!(d.connection_count(), 0);
+    assert_eq!(sink.connections(), 0);
+    drv.stop();
+    s.finish();
 }

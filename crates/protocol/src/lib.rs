@@ -80,7 +80,9 @@ pub const IOCTL_WSKSEND_SEND: u32 = ctl_code(
     FILE_WRITE_DATA,
 );
 
-/// Closes a connection: [`HandleRequest`] in. Its pending sends complete first.
+/// Closes a connection gracefully: [`HandleRequest`] in. Sends with the provider
+/// finish, queued ones complete cancelled, then `WskDisconnect` and `WskCloseSocket`
+/// (a reset after the linger, 10 s); it completes when every send has.
 pub const IOCTL_WSKSEND_CLOSE: u32 = ctl_code(
     FILE_DEVICE_WSKSEND,
     0x803,
@@ -91,6 +93,15 @@ pub const IOCTL_WSKSEND_CLOSE: u32 = ctl_code(
 /// Counters: [`HandleRequest`] in (handle 0: the whole driver), [`Stats`] out.
 pub const IOCTL_WSKSEND_STATS: u32 =
     ctl_code(FILE_DEVICE_WSKSEND, 0x804, METHOD_BUFFERED, FILE_ANY_ACCESS);
+
+/// Closes a connection abortively (a reset, like `closesocket` with a zero linger):
+/// [`HandleRequest`] in. Its pending sends fail; it completes when they have.
+pub const IOCTL_WSKSEND_ABORT: u32 = ctl_code(
+    FILE_DEVICE_WSKSEND,
+    0x805,
+    METHOD_BUFFERED,
+    FILE_READ_DATA | FILE_WRITE_DATA,
+);
 
 /// An IOCTL code as the driver understands it; anything else is `Unknown`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,6 +116,8 @@ pub enum Ioctl {
     Close,
     /// [`IOCTL_WSKSEND_STATS`].
     Stats,
+    /// [`IOCTL_WSKSEND_ABORT`].
+    Abort,
     /// A code this driver does not implement (fails with `STATUS_INVALID_DEVICE_REQUEST`).
     Unknown(u32),
 }
@@ -117,6 +130,7 @@ impl From<u32> for Ioctl {
             IOCTL_WSKSEND_SEND => Self::Send,
             IOCTL_WSKSEND_CLOSE => Self::Close,
             IOCTL_WSKSEND_STATS => Self::Stats,
+            IOCTL_WSKSEND_ABORT => Self::Abort,
             other => Self::Unknown(other),
         }
     }
@@ -130,6 +144,7 @@ impl From<Ioctl> for u32 {
             Ioctl::Send => IOCTL_WSKSEND_SEND,
             Ioctl::Close => IOCTL_WSKSEND_CLOSE,
             Ioctl::Stats => IOCTL_WSKSEND_STATS,
+            Ioctl::Abort => IOCTL_WSKSEND_ABORT,
             Ioctl::Unknown(code) => code,
         }
     }
