@@ -43,6 +43,8 @@
  *    (checked: STATUS_INVALID_PARAMETER, nothing is sent).
  * 5. Sends on one connection reach the network in the order they were issued; any
  *    number may be pending.
+ * 5b. WsksConnect's TimeoutMs (at most 60000; larger is STATUS_INVALID_PARAMETER)
+ *    bounds socket creation, bind and connect together (plus about 100 ms to cancel).
  * 6. WsksSendSync waits at most TimeoutMs (at most 120000; larger is
  *    STATUS_INVALID_PARAMETER), then cancels the send (or closes the connection where
  *    the provider cannot cancel) and waits for its completion, so the caller's buffers

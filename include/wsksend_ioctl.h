@@ -101,6 +101,7 @@ extern "C" {
 
 #define WSKSEND_MAX_SEGMENTS           64u       /* segments (WSABUFs) in one send */
 #define WSKSEND_MAX_SEND_BYTES         (64u << 20) /* bytes in one send */
+#define WSKSEND_MAX_CONNECT_TIMEOUT_MS 60000u      /* CONNECT TimeoutMs: socket, bind and connect together */
 #define WSKSEND_MAX_PENDING_PER_HANDLE 256u      /* sends pending on one file handle */
 #define WSKSEND_MAX_POSTED             64u       /* largest ConnectRequest.MaxPosted */
 

@@ -64,6 +64,10 @@ fn ioctl_constants() -> Vec<(&'static str, u64)> {
         ("WSKSEND_MAX_SEGMENTS", p::MAX_SEGMENTS as u64),
         ("WSKSEND_MAX_SEND_BYTES", p::MAX_SEND_BYTES as u64),
         (
+            "WSKSEND_MAX_CONNECT_TIMEOUT_MS",
+            p::MAX_CONNECT_TIMEOUT_MS.into(),
+        ),
+        (
             "WSKSEND_MAX_PENDING_PER_HANDLE",
             p::MAX_PENDING_PER_HANDLE as u64,
         ),

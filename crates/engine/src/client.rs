@@ -25,6 +25,9 @@ use crate::pool::PoolBox;
 use crate::sync::{Event, SpinLock};
 use crate::{Error, Result};
 
+/// Longest connect timeout honoured (longer ones are capped).
+pub const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// How long the first connect waits for the WSK provider to become available.
 pub const CAPTURE_WAIT_MS: u32 = 5_000;
 
@@ -146,7 +149,10 @@ impl Client {
     }
 
     /// Opens a TCP connection to `remote` (IPv4 or IPv6): socket, bind to the wildcard
-    /// address of the same family, connect — each bounded by `options.connect_timeout`.
+    /// address of the same family, connect — together bounded by
+    /// `options.connect_timeout` (capped at [`MAX_CONNECT_TIMEOUT`]); past it the call
+    /// in flight is cancelled, or the socket closed where cancel is not honoured, within
+    /// about 100 ms more.
     /// Anything that fails cleans up fully.
     ///
     /// # Errors
@@ -157,7 +163,7 @@ impl Client {
     /// `PASSIVE_LEVEL`.
     pub fn connect(&self, remote: SocketAddr, options: &ConnectOptions) -> Result<Connection> {
         let npi = self.provider()?;
-        let limit = options.connect_timeout;
+        let limit = options.connect_timeout.min(MAX_CONNECT_TIMEOUT);
         let raw_remote = RawAddr::from_socket_addr(remote);
         // SAFETY: a captured NPI's dispatch table is valid until released at shutdown.
         let provider = unsafe { &*npi.Dispatch };
@@ -165,7 +171,9 @@ impl Client {
         // Allocated before the socket exists, so that a socket we create can always be
         // closed (an open socket left behind makes WskDeregister wait for ever).
         let closer = control::Call::new()?;
-        let created = control::call(limit, None, &mut || {}, &mut |irp, _| {
+        // One budget for socket, bind and connect: the timeout is an upper bound.
+        let mut deadline = control::Deadline::new(limit);
+        let created = control::call(&mut deadline, None, &mut || {}, &mut |irp, _| {
             // SAFETY: valid client and IRP; no socket context or dispatch for a socket
             // that receives no events.
             unsafe {
@@ -194,7 +202,7 @@ impl Client {
         let bind = dispatch.WskBind.ok_or(Error::NOT_SUPPORTED)?;
         let connect = dispatch.WskConnect.ok_or(Error::NOT_SUPPORTED)?;
         control::call(
-            limit,
+            &mut deadline,
             Some(RawAddr::wildcard_of(remote)),
             &mut || {},
             &mut |irp, addr| {
@@ -203,7 +211,7 @@ impl Client {
             },
         )?;
         let connected = control::call(
-            limit,
+            &mut deadline,
             Some(raw_remote),
             &mut || {
                 // Cancel not honoured (Wine): closing the socket completes the connect.
@@ -407,7 +415,8 @@ fn close_socket(socket: NonNull<WSK_SOCKET>, closer: control::Call) {
     let Some(close) = dispatch.WskCloseSocket else {
         return;
     };
-    let _ = closer.run(Duration::from_secs(30), None, &mut || {}, &mut |irp, _| {
+    let mut deadline = control::Deadline::new(Duration::from_secs(30));
+    let _ = closer.run(&mut deadline, None, &mut || {}, &mut |irp, _| {
         // SAFETY: open socket, our IRP; the socket is not used after this.
         unsafe { close(socket.as_ptr(), irp) }
     });

@@ -18,8 +18,42 @@ use crate::pool::PoolBox;
 use crate::sync::Event;
 use crate::{Error, Result};
 
-/// How long to wait after `IoCancelIrp` before closing the socket instead.
-const CANCEL_GRACE: Duration = Duration::from_secs(2);
+/// How long to wait after `IoCancelIrp` before closing the socket instead (a provider
+/// that honours cancel completes at once; Wine never does).
+const CANCEL_GRACE: Duration = Duration::from_millis(100);
+
+/// The slice a [`Deadline`] waits in: its accounting error per wait.
+const SLICE: Duration = Duration::from_millis(10);
+
+/// A time budget shared by several waits, kept without a clock: waits are made in
+/// slices of at most [`SLICE`] and each slice is charged in full, so the budget is an
+/// upper bound on the time spent waiting (callers such as a connect's socket, bind and
+/// connect calls share one).
+pub(crate) struct Deadline {
+    left: Duration,
+}
+
+impl Deadline {
+    /// A budget of `limit`.
+    pub(crate) const fn new(limit: Duration) -> Self {
+        Self { left: limit }
+    }
+
+    /// Waits for `event` while budget is left; returns whether it was signalled.
+    fn wait(&mut self, event: &Event) -> bool {
+        loop {
+            let slice = self.left.min(SLICE);
+            if event.wait(slice) {
+                self.left = self.left.saturating_sub(slice);
+                return true;
+            }
+            self.left = self.left.saturating_sub(slice);
+            if self.left.is_zero() {
+                return false;
+            }
+        }
+    }
+}
 /// How long to wait after closing the socket before abandoning the IRP.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
@@ -113,23 +147,24 @@ unsafe extern "system" fn sync_complete(
 /// Makes one provider call with a fresh IRP and waits for its completion.
 ///
 /// `start` receives the IRP and a pointer to `addr` (kept valid until completion) and
-/// returns what the provider returned. On timeout the IRP is cancelled; if the provider
+/// returns what the provider returned; the wait is charged to `deadline`. On timeout
+/// the IRP is cancelled; if the provider
 /// does not complete it within [`CANCEL_GRACE`], `on_stuck` runs (it closes the socket,
 /// which completes every IRP of the socket); if even that does not complete it, the
 /// IRP and its context are abandoned (leaked, never freed under the provider).
 ///
 /// # Errors
-/// The provider's status; `STATUS_IO_TIMEOUT` when `limit` passed.
+/// The provider's status; `STATUS_IO_TIMEOUT` when the deadline passed.
 ///
 /// # IRQL
 /// `PASSIVE_LEVEL`.
 pub(crate) fn call(
-    limit: Duration,
+    deadline: &mut Deadline,
     addr: Option<RawAddr>,
     on_stuck: &mut dyn FnMut(),
     start: &mut dyn FnMut(*mut IRP, *mut SOCKADDR) -> NTSTATUS,
 ) -> Result<usize> {
-    Call::new()?.run(limit, addr, on_stuck, start)
+    Call::new()?.run(deadline, addr, on_stuck, start)
 }
 
 /// One synchronous call's IRP and context, allocated ahead: a call that must not fail
@@ -167,7 +202,7 @@ impl Call {
     /// As [`call`].
     pub(crate) fn run(
         self,
-        limit: Duration,
+        deadline: &mut Deadline,
         addr: Option<RawAddr>,
         on_stuck: &mut dyn FnMut(),
         start: &mut dyn FnMut(*mut IRP, *mut SOCKADDR) -> NTSTATUS,
@@ -186,7 +221,7 @@ impl Call {
             // this); it will not touch the IRP again, so the returned status is the result.
             return Err(Error::from_status(returned));
         }
-        if ctx.event.wait(limit) {
+        if deadline.wait(&ctx.event) {
             // SAFETY: the completion routine ran, so the IRP is back in our hands.
             let (status, information) = unsafe { irp.io_status() };
             return io_result(status, information);

@@ -19,7 +19,8 @@
 //!
 //! `WsksClose` disconnects gracefully (posted sends finish, `WskDisconnect`, then
 //! `WskCloseSocket`; abortive after 10 s); `WsksAbortiveClose` resets at once.
-//! `WsksSendSync`'s `TimeoutMs` is at most 120,000 (larger: `STATUS_INVALID_PARAMETER`).
+//! `WsksSendSync`'s `TimeoutMs` is at most 120,000 and `WsksConnect`'s at most 60,000
+//! (socket, bind and connect together); larger is `STATUS_INVALID_PARAMETER`.
 //!
 //! The asynchronous sends return `STATUS_PENDING` when the send was accepted — `Complete`
 //! then runs exactly once, at <= `DISPATCH_LEVEL`, possibly before the call returns — or
@@ -128,7 +129,10 @@ pub unsafe extern "system" fn WsksConnect(
     timeout_ms: u32,
     out: *mut *mut c_void,
 ) -> NTSTATUS {
-    if out.is_null() || flags & !WSKS_CONNECT_NODELAY != 0 {
+    if out.is_null()
+        || flags & !WSKS_CONNECT_NODELAY != 0
+        || u128::from(timeout_ms) > crate::client::MAX_CONNECT_TIMEOUT.as_millis()
+    {
         return STATUS_INVALID_PARAMETER;
     }
     // SAFETY: forwarded from the caller's contract.

@@ -38,6 +38,9 @@ pub const MAX_SEGMENTS: usize = 64;
 pub const MAX_PENDING_PER_HANDLE: usize = 256;
 /// Most bytes in one send (the payload of one IOCTL).
 pub const MAX_SEND_BYTES: usize = 64 << 20;
+/// Largest CONNECT `timeout_ms` (one minute); larger is `Malformed`
+/// (`STATUS_INVALID_PARAMETER`). It bounds socket creation, bind and connect together.
+pub const MAX_CONNECT_TIMEOUT_MS: u32 = 60_000;
 
 fn field(buf: &[u8], r: Range<usize>) -> u32 {
     read_u32(buf, r)
@@ -103,7 +106,8 @@ impl ConnectRequest {
     ///
     /// # Errors
     /// `Truncated`, `BadVersion`, or `Malformed` (unknown family or flags, reserved
-    /// bytes set, IPv4 address padding set, port 0, `max_posted` over 64).
+    /// bytes set, IPv4 address padding set, port 0, `max_posted` over 64, `timeout_ms`
+    /// over [`MAX_CONNECT_TIMEOUT_MS`]).
     pub fn parse(buf: &[u8]) -> Result<Self, WireError> {
         check_header(buf, Self::WIRE_SIZE)?;
         let family = read_u16(buf, 8..10);
@@ -114,7 +118,11 @@ impl ConnectRequest {
         let scope_id = field(buf, 32..36);
         let timeout_ms = field(buf, 36..40);
         let max_posted = field(buf, 40..44);
-        if field(buf, 44..48) != 0 || flags & !CONNECT_NODELAY != 0 || port == 0 || max_posted > 64
+        if field(buf, 44..48) != 0
+            || flags & !CONNECT_NODELAY != 0
+            || port == 0
+            || max_posted > 64
+            || timeout_ms > MAX_CONNECT_TIMEOUT_MS
         {
             return Err(WireError::Malformed);
         }
@@ -626,6 +634,21 @@ mod tests {
             assert_eq!(&buf[48..], &[0xa5; 16]);
             assert_eq!(ConnectRequest::parse(&buf[..48]), Ok(req));
         }
+    }
+
+    #[test]
+    fn connect_timeout_is_capped_at_one_minute() {
+        let mut buf = [0u8; 48];
+        let at_cap = ConnectRequest {
+            timeout_ms: MAX_CONNECT_TIMEOUT_MS,
+            ..connect_v4()
+        };
+        assert_eq!(at_cap.emit(&mut buf), Ok(48));
+        assert_eq!(ConnectRequest::parse(&buf), Ok(at_cap));
+        buf[36..40].copy_from_slice(&(MAX_CONNECT_TIMEOUT_MS + 1).to_le_bytes());
+        assert_eq!(ConnectRequest::parse(&buf), Err(WireError::Malformed));
+        buf[36..40].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(ConnectRequest::parse(&buf), Err(WireError::Malformed));
     }
 
     #[test]
