@@ -573,6 +573,13 @@ impl Connection {
     fn discard(&self, mut op: PoolBox<SendOp>) {
         drop(core::mem::replace(&mut op.chain, MdlChain::empty()));
         drop(op.owned.take());
+        self.free_op(op);
+        rundown::release();
+    }
+
+    /// Frees an op whose IRP is not in flight, keeping the IRP as a spare while the
+    /// connection is open (freeing it otherwise).
+    fn free_op(&self, mut op: PoolBox<SendOp>) {
         let irp = op.irp.take();
         let spare = {
             let mut st = self.inner.state.lock();
@@ -588,7 +595,6 @@ impl Connection {
         };
         drop(spare);
         drop(op);
-        rundown::release();
     }
 
     /// Sends `data` (copied into an owned buffer) and waits for the result.
@@ -1027,22 +1033,8 @@ impl Connection {
 
     /// Frees a counted op whose IRP is no longer in flight (keeping the IRP for reuse
     /// while open), then lets the close know one op fewer is alive.
-    fn recycle(&self, mut op: PoolBox<SendOp>) {
-        let irp = op.irp.take();
-        let spare = {
-            let mut st = self.inner.state.lock();
-            match irp {
-                Some(irp)
-                    if st.closing == Closing::No && st.free_irps.len() < self.inner.max_posted =>
-                {
-                    st.free_irps.push(irp);
-                    None
-                }
-                other => other,
-            }
-        };
-        drop(spare);
-        drop(op);
+    fn recycle(&self, op: PoolBox<SendOp>) {
+        self.free_op(op);
         self.inner.state.lock().live_ops -= 1;
         self.check_drained();
     }

@@ -27,6 +27,21 @@ fn use_device() {
     unsafe { irp::set_device(model::device()) };
 }
 
+/// `addr` as the `SOCKADDR_IN` the kernel API takes, and its length.
+fn sockaddr_in(addr: std::net::SocketAddr) -> (wsksend_ffi::SOCKADDR_IN, u32) {
+    let std::net::SocketAddr::V4(v4) = addr else {
+        panic!("the model's sinks listen on IPv4 here")
+    };
+    let raw = wsksend_ffi::SOCKADDR_IN {
+        sin_family: wsksend_ffi::AF_INET,
+        sin_port: v4.port().to_be(),
+        sin_addr: v4.ip().octets(),
+        sin_zero: [0; 8],
+    };
+    let len = u32::try_from(size_of_val(&raw)).unwrap_or(0);
+    (raw, len)
+}
+
 fn send_owned(conn: &Connection, data: Vec<u8>, results: &Results, tag: u64) -> SendId {
     // SAFETY: an owned payload borrows nothing.
     unsafe { conn.send(Payload::Owned(data), 0, results.completion(tag)) }
@@ -243,27 +258,11 @@ fn stop_unblocks_a_blocked_sync_send_before_freeing_the_client() {
     let sink = Sink::v4();
     // SAFETY: the model's device lives for the whole process.
     unsafe { global::start(model::device()) }.expect("start");
-    let addr = sink.addr();
-    let std::net::SocketAddr::V4(v4) = addr else {
-        unreachable!()
-    };
-    let remote = wsksend_ffi::SOCKADDR_IN {
-        sin_family: wsksend_ffi::AF_INET,
-        sin_port: v4.port().to_be(),
-        sin_addr: v4.ip().octets(),
-        sin_zero: [0; 8],
-    };
+    let (remote, len) = sockaddr_in(sink.addr());
     let mut handle = std::ptr::null_mut();
     // SAFETY: valid address and out pointer.
-    let st = unsafe {
-        kapi::WsksConnect(
-            (&raw const remote).cast(),
-            u32::try_from(size_of_val(&remote)).unwrap(),
-            0,
-            5_000,
-            &raw mut handle,
-        )
-    };
+    let st =
+        unsafe { kapi::WsksConnect((&raw const remote).cast(), len, 0, 5_000, &raw mut handle) };
     assert_eq!(st, STATUS_SUCCESS);
     let data = bytes(0, 100);
     let buf = kapi::WSKS_BUFFER {
@@ -409,16 +408,7 @@ fn kernel_api_timeouts_over_their_caps_are_refused() {
     let sink = Sink::v4();
     // SAFETY: the model's device lives for the whole process.
     unsafe { global::start(model::device()) }.expect("start");
-    let std::net::SocketAddr::V4(v4) = sink.addr() else {
-        unreachable!()
-    };
-    let remote = wsksend_ffi::SOCKADDR_IN {
-        sin_family: wsksend_ffi::AF_INET,
-        sin_port: v4.port().to_be(),
-        sin_addr: v4.ip().octets(),
-        sin_zero: [0; 8],
-    };
-    let len = u32::try_from(size_of_val(&remote)).unwrap();
+    let (remote, len) = sockaddr_in(sink.addr());
     let mut handle = std::ptr::null_mut();
     // SAFETY: valid address and out pointer.
     let st =

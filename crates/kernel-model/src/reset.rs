@@ -4,11 +4,11 @@
 
 use std::net::{Shutdown, TcpStream};
 
-/// Sends a reset on `stream` now and fails writes blocked on it: `SO_LINGER` with a
-/// zero timeout, then `connect(AF_UNSPEC)`, which Linux turns into a TCP disconnect
-/// (a RST for a connected socket). Falls back to an orderly shutdown elsewhere.
+/// Makes closing `stream` send a reset (`SO_LINGER` with a zero timeout); returns
+/// whether that worked. std has no stable linger setter, so this declares the libc
+/// routine it needs (Linux values of the constants).
 #[cfg(target_os = "linux")]
-pub(crate) fn reset(stream: &TcpStream) {
+pub(crate) fn zero_linger(stream: &TcpStream) -> bool {
     use std::ffi::{c_int, c_void};
     use std::os::fd::AsRawFd;
 
@@ -16,11 +16,6 @@ pub(crate) fn reset(stream: &TcpStream) {
     struct Linger {
         l_onoff: c_int,
         l_linger: c_int,
-    }
-    #[repr(C)]
-    struct SockaddrUnspec {
-        family: u16,
-        data: [u8; 14],
     }
     unsafe extern "C" {
         fn setsockopt(
@@ -30,37 +25,62 @@ pub(crate) fn reset(stream: &TcpStream) {
             value: *const c_void,
             len: u32,
         ) -> c_int;
-        fn connect(fd: c_int, addr: *const c_void, len: u32) -> c_int;
     }
     const SOL_SOCKET: c_int = 1;
     const SO_LINGER: c_int = 13;
-    let fd = stream.as_raw_fd();
     let linger = Linger {
         l_onoff: 1,
         l_linger: 0,
     };
-    // CAST: both structures are a few bytes.
-    let linger_len = size_of::<Linger>() as u32;
-    // SAFETY: `fd` is open (owned by `stream`); `linger` is a valid `struct linger`
-    // of `linger_len` bytes that outlives the call (Linux values of the constants).
+    // CAST: `Linger` is 8 bytes.
+    let len = size_of::<Linger>() as u32;
+    // SAFETY: the fd is open (owned by `stream`); `linger` is a valid `struct linger`
+    // of `len` bytes that outlives the call.
     let rc = unsafe {
         setsockopt(
-            fd,
+            stream.as_raw_fd(),
             SOL_SOCKET,
             SO_LINGER,
             (&raw const linger).cast(),
-            linger_len,
+            len,
         )
     };
+    rc == 0
+}
+
+/// Without the Linux constants there is no zero linger.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn zero_linger(_stream: &TcpStream) -> bool {
+    false
+}
+
+/// Sends a reset on `stream` now and fails writes blocked on it: a zero linger, then
+/// `connect(AF_UNSPEC)`, which Linux turns into a TCP disconnect (a RST for a
+/// connected socket). Falls back to an orderly shutdown where that is not possible.
+#[cfg(target_os = "linux")]
+pub(crate) fn reset(stream: &TcpStream) {
+    use std::ffi::{c_int, c_void};
+    use std::os::fd::AsRawFd;
+
+    #[repr(C)]
+    struct SockaddrUnspec {
+        family: u16,
+        data: [u8; 14],
+    }
+    unsafe extern "C" {
+        fn connect(fd: c_int, addr: *const c_void, len: u32) -> c_int;
+    }
+    let lingers = zero_linger(stream);
     let unspec = SockaddrUnspec {
         family: 0,
         data: [0; 14],
     };
-    // CAST: as above.
-    let unspec_len = size_of::<SockaddrUnspec>() as u32;
-    // SAFETY: as above; an `AF_UNSPEC` address of `unspec_len` bytes.
-    let rc2 = unsafe { connect(fd, (&raw const unspec).cast(), unspec_len) };
-    if rc != 0 || rc2 != 0 {
+    // CAST: a 16-byte structure.
+    let len = size_of::<SockaddrUnspec>() as u32;
+    // SAFETY: the fd is open (owned by `stream`); an `AF_UNSPEC` address of `len`
+    // bytes that outlives the call.
+    let rc = unsafe { connect(stream.as_raw_fd(), (&raw const unspec).cast(), len) };
+    if !lingers || rc != 0 {
         let _ = stream.shutdown(Shutdown::Both);
     }
 }

@@ -249,55 +249,12 @@ fn read_loop(stream: TcpStream, index: usize, shared: &Shared) {
     shared.cv.notify_all();
 }
 
-/// Makes closing `stream` send a reset (`SO_LINGER` with a zero timeout). std has no
-/// stable linger setter, so this declares the one libc routine it needs.
-#[cfg(target_os = "linux")]
+/// Makes closing `stream` send a reset (a zero linger), or shuts it down where that is
+/// not possible.
 fn abort_on_close(stream: &TcpStream) {
-    use std::ffi::{c_int, c_void};
-    use std::os::fd::AsRawFd;
-
-    #[repr(C)]
-    struct Linger {
-        l_onoff: c_int,
-        l_linger: c_int,
-    }
-    unsafe extern "C" {
-        fn setsockopt(
-            fd: c_int,
-            level: c_int,
-            name: c_int,
-            value: *const c_void,
-            len: u32,
-        ) -> c_int;
-    }
-    const SOL_SOCKET: c_int = 1;
-    const SO_LINGER: c_int = 13;
-    let linger = Linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // CAST: `Linger` is 8 bytes.
-    let len = size_of::<Linger>() as u32;
-    // SAFETY: the fd is open (owned by `stream`), and `linger` is a valid `struct
-    // linger` of `len` bytes that outlives the call (Linux values of the constants).
-    let rc = unsafe {
-        setsockopt(
-            stream.as_raw_fd(),
-            SOL_SOCKET,
-            SO_LINGER,
-            (&raw const linger).cast(),
-            len,
-        )
-    };
-    if rc != 0 {
+    if !crate::reset::zero_linger(stream) {
         let _ = stream.shutdown(Shutdown::Both);
     }
-}
-
-/// Without the Linux constants, the best available: an orderly shutdown.
-#[cfg(not(target_os = "linux"))]
-fn abort_on_close(stream: &TcpStream) {
-    let _ = stream.shutdown(Shutdown::Both);
 }
 
 #[cfg(test)]
