@@ -338,12 +338,12 @@ const EDITS: &[Edit] = &[
     Edit::once(
         "src/utils.rs",
         "    compile_error!(\n        \"windows-drivers-rs is designed to be run on a Windows host machine in a WDK environment. \\\n         Please build using a Windows target.\"\n    );\n}\n\n/// Safely removes",
-        "    unsafe { env::set_var(_key, _value) }\n}\n\n/// Safely removes",
+        "    // SAFETY: a build script is single-threaded: no other thread reads the\n    // environment meanwhile.\n    unsafe { env::set_var(_key, _value) }\n}\n\n/// Safely removes",
     ),
     Edit::once(
         "src/utils.rs",
         "    compile_error!(\n        \"windows-drivers-rs is designed to be run on a Windows host machine in a WDK environment. \\\n         Please build using a Windows target.\"\n    );\n}",
-        "    unsafe { env::remove_var(_key) }\n}",
+        "    // SAFETY: as for `set_var` above.\n    unsafe { env::remove_var(_key) }\n}",
     ),
     // 4. The cargo-make flow links its makefile with a Windows-only std function.
     Edit {

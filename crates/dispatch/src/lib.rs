@@ -357,10 +357,12 @@ impl<P: PendingIo> Dispatcher<P> {
         };
         match entry {
             Some(entry) => {
-                if abortive {
-                    let _ = global::close_abortive(&entry.connection);
-                }
-                self.retire(&entry.connection);
+                let mode = if abortive {
+                    CloseMode::Abortive
+                } else {
+                    CloseMode::Graceful
+                };
+                self.retire(&entry.connection, mode);
                 Outcome::ok(0)
             }
             None => Outcome::fail(STATUS_INVALID_HANDLE),
@@ -369,10 +371,13 @@ impl<P: PendingIo> Dispatcher<P> {
 
     /// Closes a connection taken out of the table (its pending sends complete) and
     /// keeps its counters.
-    fn retire(&self, connection: &Connection) {
+    fn retire(&self, connection: &Connection, mode: CloseMode) {
         // A close that times out leaves the connection to the provider; its counters
         // are still worth keeping.
-        let _ = global::close(connection);
+        let _ = match mode {
+            CloseMode::Graceful => global::close(connection),
+            CloseMode::Abortive => global::close_abortive(connection),
+        };
         let s = connection.stats();
         let mut closed = self.closed.lock();
         closed.sends += s.sends;
@@ -626,7 +631,7 @@ impl<P: PendingIo> Dispatcher<P> {
                     .map(|i| table.swap_remove(i))
             };
             match entry {
-                Some(entry) => self.retire(&entry.connection),
+                Some(entry) => self.retire(&entry.connection, CloseMode::Graceful),
                 None => break,
             }
         }
@@ -639,7 +644,7 @@ impl<P: PendingIo> Dispatcher<P> {
     pub fn shutdown(&self) {
         let all = core::mem::take(&mut *self.connections.lock());
         for entry in &all {
-            self.retire(&entry.connection);
+            self.retire(&entry.connection, CloseMode::Graceful);
         }
         // A work item may still be queued; drop what it would close, now.
         self.run_deferred();

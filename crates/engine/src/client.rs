@@ -305,29 +305,17 @@ impl Client {
         drop(removed);
     }
 
-    /// Starts closing every connection (gracefully) without waiting, so that callers
+    /// Starts closing every connection with `mode` without waiting, so that callers
     /// blocked on them return; [`Self::shutdown`] then waits.
     ///
     /// # IRQL
     /// <= `DISPATCH_LEVEL`.
-    pub fn begin_shutdown(&self) {
-        // No allocation: the handles are cloned into nothing; each close is started
-        // under the list's lock (begin_close does not wait).
+    pub fn begin_close_all(&self, mode: CloseMode) {
+        // No allocation: each close is started under the list's lock (begin_close does
+        // not wait).
         let list = self.connections.lock();
         for connection in list.iter() {
-            connection.begin_close(CloseMode::Graceful);
-        }
-    }
-
-    /// Starts closing every connection abortively (a reset on Windows), without
-    /// waiting: for teardown whose callers did not return after a graceful start.
-    ///
-    /// # IRQL
-    /// <= `DISPATCH_LEVEL`.
-    pub fn begin_abort(&self) {
-        let list = self.connections.lock();
-        for connection in list.iter() {
-            connection.begin_close(CloseMode::Abortive);
+            connection.begin_close(mode);
         }
     }
 
@@ -361,7 +349,7 @@ impl Client {
     /// # IRQL
     /// `PASSIVE_LEVEL`.
     pub fn shutdown(this: PoolBox<Self>) -> Result {
-        this.begin_shutdown();
+        this.begin_close_all(CloseMode::Graceful);
         let all = core::mem::take(&mut *this.connections.lock());
         let mut stuck = false;
         for connection in &all {

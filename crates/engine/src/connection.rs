@@ -387,24 +387,6 @@ impl Connection {
         Ok(Self { inner })
     }
 
-    /// [`Self::new`] for tests that drive a connection over a socket of their own (the
-    /// schedule exploration's fake provider); not part of the API.
-    ///
-    /// # Safety
-    /// As for [`Self::new`].
-    ///
-    /// # Errors
-    /// As for [`Self::new`].
-    #[doc(hidden)]
-    pub unsafe fn from_socket_for_tests(
-        socket: NonNull<WSK_SOCKET>,
-        remote: SocketAddr,
-        options: &ConnectOptions,
-    ) -> Result<Self> {
-        // SAFETY: forwarded from the caller's contract.
-        unsafe { Self::new(socket, remote, options) }
-    }
-
     /// Whether `a` and `b` are handles of the same connection.
     #[must_use]
     pub fn ptr_eq(a: &Self, b: &Self) -> bool {
@@ -541,10 +523,17 @@ impl Connection {
         } else {
             flags
         };
+        let callers_chain = matches!(payload, Payload::Mdl { .. });
         // SAFETY: forwarded from the caller's contract.
         let (buf, chain, owned) = unsafe { prepare(payload)? };
         // SAFETY: the chain is live: ours, or the caller's (contract).
         unsafe { mdl::validate(&buf)? };
+        if callers_chain {
+            // A kernel caller's chain: refuse what is neither locked nor nonpaged
+            // (tcpip would bug-check on it). Ours are built locked.
+            // SAFETY: live (contract) and validated just above.
+            unsafe { mdl::check_locked(&buf)? };
+        }
         let spare = self.inner.state.lock().free_irps.pop();
         let irp = match spare {
             Some(irp) => irp,
@@ -915,16 +904,17 @@ impl Connection {
     unsafe fn post(&self, op: *mut SendOp) {
         // SAFETY: the pump owns the op until it is posted; others only read atomics.
         let o = unsafe { &mut *op };
-        let armed = match o.irp.as_mut() {
+        let irp = o.irp.as_mut().map(|irp| {
             // SAFETY: the op's IRP is not in flight; the op outlives its completion.
-            Some(irp) => unsafe { irp.prepare(send_complete, op.cast()) }.map(|()| irp.as_ptr()),
-            None => Err(Error::NO_RESOURCES),
-        };
+            unsafe { irp.prepare(send_complete, op.cast()) };
+            irp.as_ptr()
+        });
         let cancelled_early = o.cancel_requested.load(Ordering::SeqCst);
-        let returned = match armed {
-            Err(e) => e.status(),
-            Ok(_) if cancelled_early => STATUS_CANCELLED,
-            Ok(irp) => {
+        let returned = match irp {
+            // Every queued op has its IRP (taken only when the op is freed).
+            None => Error::NO_RESOURCES.status(),
+            Some(_) if cancelled_early => STATUS_CANCELLED,
+            Some(irp) => {
                 o.submitted.store(true, Ordering::SeqCst);
                 o.stage.store(POSTED, Ordering::Release);
                 let buf = ptr::addr_of_mut!(o.buf);
@@ -968,8 +958,7 @@ impl Connection {
                 unsafe { release(op) };
             }
         } else {
-            // Never submitted (cancelled first, or the IRP could not be armed): no
-            // completion routine will run.
+            // Never submitted (cancelled first): no completion routine will run.
             o.stage.store(DONE, Ordering::Release);
             // SAFETY: the op is live; we report its result.
             unsafe { self.finish(op, returned, 0) };
@@ -1047,19 +1036,18 @@ impl Connection {
         let context = self.clone().into_context();
         // SAFETY: the disconnect IRP is not in flight; `context` keeps the connection
         // alive until `disconnect_complete` (or the failure path below) takes it back.
-        let armed = unsafe { irp.prepare(disconnect_complete, context) };
+        unsafe { irp.prepare(disconnect_complete, context) };
         let raw = irp.as_ptr();
         self.inner.state.lock().disconnect_irp = Some(irp);
         // SAFETY: the socket is open (type invariant).
         let dispatch = unsafe { self.inner.dispatch.as_ref() };
-        let returned = match (armed, dispatch.WskDisconnect) {
+        let returned = match dispatch.WskDisconnect {
             // SAFETY: open socket with nothing posted, no final buffer, graceful; our
             // armed IRP.
-            (Ok(()), Some(disconnect)) => unsafe {
+            Some(disconnect) => unsafe {
                 disconnect(self.inner.socket.as_ptr(), ptr::null_mut(), 0, raw)
             },
-            (Ok(()), None) => STATUS_NOT_IMPLEMENTED,
-            (Err(e), _) => e.status(),
+            None => STATUS_NOT_IMPLEMENTED,
         };
         if returned != STATUS_PENDING && !self.disconnect_flag_done() {
             if returned == STATUS_NOT_IMPLEMENTED || returned == STATUS_NOT_SUPPORTED {
@@ -1084,22 +1072,20 @@ impl Connection {
         let context = self.clone().into_context();
         // SAFETY: the close IRP is not in flight; `context` keeps the connection alive
         // until `close_complete` takes it back.
-        let armed = unsafe { irp.prepare(close_complete, context) };
+        unsafe { irp.prepare(close_complete, context) };
         let raw = irp.as_ptr();
         // The IRP is parked in the state until the connection is freed.
         self.inner.state.lock().close_irp = Some(irp);
         // SAFETY: the socket is open (type invariant).
         let dispatch = unsafe { self.inner.dispatch.as_ref() };
-        let returned = match (armed, dispatch.WskCloseSocket) {
+        let returned = match dispatch.WskCloseSocket {
             // SAFETY: open socket (invariant), our armed IRP; after this call the socket
             // is never used again.
-            (Ok(()), Some(close)) => unsafe { close(self.inner.socket.as_ptr(), raw) },
-            (Ok(()), None) => wsksend_ffi::status::STATUS_NOT_SUPPORTED,
-            (Err(e), _) => e.status(),
+            Some(close) => unsafe { close(self.inner.socket.as_ptr(), raw) },
+            None => STATUS_NOT_SUPPORTED,
         };
         if returned != STATUS_PENDING && !self.closed_flag() {
-            // Not completed and never will be (contract-breaking provider, or no IRP
-            // routine could be armed under low memory): finish here.
+            // Not completed and never will be (contract-breaking provider): finish here.
             // SAFETY: the routine will not run, so we own `context` and the IRP.
             unsafe { close_complete(ptr::null_mut(), raw, context) };
         }
@@ -1173,18 +1159,15 @@ unsafe fn prepare(payload: Payload<'_>) -> Result<(WSK_BUF, MdlChain, Option<Vec
             chain,
             offset,
             length,
-        } => {
-            let buf = WSK_BUF {
+        } => Ok((
+            WSK_BUF {
                 Mdl: chain.as_ptr(),
                 Offset: offset,
                 Length: length,
-            };
-            // SAFETY: the caller's live chain (contract); bounds first, then locks.
-            unsafe { mdl::validate(&buf)? };
-            // SAFETY: as above, and validated.
-            unsafe { mdl::check_locked(&buf)? };
-            Ok((buf, MdlChain::empty(), None))
-        }
+            },
+            MdlChain::empty(),
+            None,
+        )),
         Payload::Nonpaged(bufs) => {
             // SAFETY: forwarded from the caller's contract.
             let chain = unsafe { MdlChain::from_nonpaged(bufs)? };

@@ -195,8 +195,8 @@ impl Call {
         Ok(Self { irp, ctx })
     }
 
-    /// Makes the call: as [`call`], with what was allocated ahead. Arming the IRP
-    /// allocates only where a device is set (`IoSetCompletionRoutineEx`).
+    /// Makes the call: as [`call`], with what was allocated ahead (nothing more is
+    /// allocated, so a close made with it cannot fail for memory).
     ///
     /// # Errors
     /// As [`call`].
@@ -214,7 +214,7 @@ impl Call {
         let addr_ptr = ctx.addr.as_mut_ptr();
         let ctx_ptr = core::ptr::from_ref::<SyncCall>(&ctx).cast_mut().cast();
         // SAFETY: the IRP is fresh (not in flight); `ctx` lives until completion or is leaked.
-        unsafe { irp.prepare(sync_complete, ctx_ptr) }?;
+        unsafe { irp.prepare(sync_complete, ctx_ptr) };
         let returned = start(irp.as_ptr(), addr_ptr);
         if returned != STATUS_PENDING && !ctx.done.load(Ordering::Acquire) {
             // The provider failed the call without completing the IRP (Wine's stubs do

@@ -16,7 +16,7 @@ use core::time::Duration;
 use wsksend_ffi::DEVICE_OBJECT;
 
 use crate::client::Client;
-use crate::connection::{CANCEL_GRACE, CLOSE_WAIT, Connection, MAX_SYNC_WAIT};
+use crate::connection::{CANCEL_GRACE, CLOSE_WAIT, CloseMode, Connection, MAX_SYNC_WAIT};
 use crate::pool::PoolBox;
 use crate::{Error, Result};
 
@@ -111,7 +111,7 @@ pub fn stop() -> Result {
     }
     // SAFETY: published by `start`; freed only below, by us.
     let client = unsafe { &*raw };
-    client.begin_shutdown();
+    client.begin_close_all(CloseMode::Graceful);
     // Poll the user count with the client's own tick event (allocated at start, so
     // this wait cannot fail); callers hold the reference only for one call.
     let step = Duration::from_millis(5);
@@ -125,11 +125,11 @@ pub fn stop() -> Result {
         waited += step;
         // Connections opened meanwhile (a connect that was in progress) close too;
         // after STOP_GRACE a caller still blocked on a connection gets it reset.
-        if waited >= STOP_GRACE {
-            client.begin_abort();
+        client.begin_close_all(if waited >= STOP_GRACE {
+            CloseMode::Abortive
         } else {
-            client.begin_shutdown();
-        }
+            CloseMode::Graceful
+        });
     }
     CLIENT.store(ptr::null_mut(), Ordering::Release);
     // SAFETY: `start` made it with `into_raw`; no user holds it any more.

@@ -81,47 +81,38 @@ impl Irp {
     /// the routine has returned, even after our teardown has seen its last object go.
     ///
     /// If `IoSetCompletionRoutineEx` cannot allocate its context, the routine is set
-    /// without the device reference instead (KMDF's IRP wrapper does the same).
-    ///
-    /// # Errors
-    /// None today; callers handle one so that arming may fail in future.
+    /// without the device reference instead (KMDF's IRP wrapper does the same), so
+    /// arming never fails.
     ///
     /// # Safety
     /// The IRP is not in flight, and `context` stays valid until `routine` has run.
-    pub unsafe fn prepare(&mut self, routine: CompletionRoutine, context: *mut c_void) -> Result {
+    pub unsafe fn prepare(&mut self, routine: CompletionRoutine, context: *mut c_void) {
         // SAFETY: not in flight (caller), so the IRP is ours to reset.
         unsafe { IoReuseIrp(self.as_ptr(), STATUS_UNSUCCESSFUL) };
         let device = DEVICE.load(Ordering::Acquire);
-        if device.is_null() {
-            // SAFETY: a reset IRP from IoAllocateIrp(1) has its one location below the
-            // current one.
-            unsafe {
-                IoSetCompletionRoutine(self.as_ptr(), Some(routine), context, true, true, true);
+        if !device.is_null() {
+            // SAFETY: as above; `device` is our live device object (`set_device`).
+            let status = unsafe {
+                IoSetCompletionRoutineEx(
+                    device,
+                    self.as_ptr(),
+                    Some(routine),
+                    context,
+                    TRUE,
+                    TRUE,
+                    TRUE,
+                )
             };
-            return Ok(());
-        }
-        // SAFETY: as above; `device` is our live device object (`set_device`).
-        let status = unsafe {
-            IoSetCompletionRoutineEx(
-                device,
-                self.as_ptr(),
-                Some(routine),
-                context,
-                TRUE,
-                TRUE,
-                TRUE,
-            )
-        };
-        if !NT_SUCCESS(status) {
+            if NT_SUCCESS(status) {
+                return;
+            }
             // Out of memory for the I/O manager's context: set the routine without the
             // device reference (as KMDF's own IRP wrapper does) rather than fail the
             // call; the engine's rundown still waits for everything the routine frees.
-            // SAFETY: as above.
-            unsafe {
-                IoSetCompletionRoutine(self.as_ptr(), Some(routine), context, true, true, true);
-            };
         }
-        Ok(())
+        // SAFETY: a reset IRP from IoAllocateIrp(1) has its one location below the
+        // current one.
+        unsafe { IoSetCompletionRoutine(self.as_ptr(), Some(routine), context, true, true, true) };
     }
 
     /// `IoStatus` after completion: `(Status, Information)`.

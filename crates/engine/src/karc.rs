@@ -91,16 +91,6 @@ impl<T> KArc<T> {
         }
     }
 
-    /// Borrows the value behind a pointer from [`Self::into_raw`] without taking the
-    /// reference back.
-    ///
-    /// # Safety
-    /// As for [`Self::from_raw`], and the leaked reference outlives `'a`.
-    pub unsafe fn borrow_raw<'a>(ptr: *const T) -> &'a T {
-        // SAFETY: a live value (caller).
-        unsafe { &*ptr }
-    }
-
     fn inner(&self) -> &Inner<T> {
         // SAFETY: the block is live while we hold a reference (type invariant).
         unsafe { self.ptr.as_ref() }

@@ -27,19 +27,30 @@ fn use_device() {
     unsafe { irp::set_device(model::device()) };
 }
 
-/// `addr` as the `SOCKADDR_IN` the kernel API takes, and its length.
-fn sockaddr_in(addr: std::net::SocketAddr) -> (wsksend_ffi::SOCKADDR_IN, u32) {
+/// `WsksConnect` to `addr` (IPv4) with `timeout_ms`: the status and the handle.
+fn wsks_connect(addr: std::net::SocketAddr, timeout_ms: u32) -> (i32, *mut std::ffi::c_void) {
     let std::net::SocketAddr::V4(v4) = addr else {
         panic!("the model's sinks listen on IPv4 here")
     };
-    let raw = wsksend_ffi::SOCKADDR_IN {
+    let remote = wsksend_ffi::SOCKADDR_IN {
         sin_family: wsksend_ffi::AF_INET,
         sin_port: v4.port().to_be(),
         sin_addr: v4.ip().octets(),
         sin_zero: [0; 8],
     };
-    let len = u32::try_from(size_of_val(&raw)).unwrap_or(0);
-    (raw, len)
+    let len = u32::try_from(size_of_val(&remote)).unwrap_or(0);
+    let mut handle = std::ptr::null_mut();
+    // SAFETY: a valid address of `len` bytes and a writable out pointer.
+    let st = unsafe {
+        kapi::WsksConnect(
+            (&raw const remote).cast(),
+            len,
+            0,
+            timeout_ms,
+            &raw mut handle,
+        )
+    };
+    (st, handle)
 }
 
 fn send_owned(conn: &Connection, data: Vec<u8>, results: &Results, tag: u64) -> SendId {
@@ -258,11 +269,7 @@ fn stop_unblocks_a_blocked_sync_send_before_freeing_the_client() {
     let sink = Sink::v4();
     // SAFETY: the model's device lives for the whole process.
     unsafe { global::start(model::device()) }.expect("start");
-    let (remote, len) = sockaddr_in(sink.addr());
-    let mut handle = std::ptr::null_mut();
-    // SAFETY: valid address and out pointer.
-    let st =
-        unsafe { kapi::WsksConnect((&raw const remote).cast(), len, 0, 5_000, &raw mut handle) };
+    let (st, handle) = wsks_connect(sink.addr(), 5_000);
     assert_eq!(st, STATUS_SUCCESS);
     let data = bytes(0, 100);
     let buf = kapi::WSKS_BUFFER {
@@ -408,17 +415,11 @@ fn kernel_api_timeouts_over_their_caps_are_refused() {
     let sink = Sink::v4();
     // SAFETY: the model's device lives for the whole process.
     unsafe { global::start(model::device()) }.expect("start");
-    let (remote, len) = sockaddr_in(sink.addr());
-    let mut handle = std::ptr::null_mut();
-    // SAFETY: valid address and out pointer.
-    let st =
-        unsafe { kapi::WsksConnect((&raw const remote).cast(), len, 0, 60_001, &raw mut handle) };
+    let (st, handle) = wsks_connect(sink.addr(), 60_001);
     assert_eq!(st, STATUS_INVALID_PARAMETER);
     assert!(handle.is_null());
     assert_eq!(sink.connections(), 0);
-    // SAFETY: as above.
-    let st =
-        unsafe { kapi::WsksConnect((&raw const remote).cast(), len, 0, 60_000, &raw mut handle) };
+    let (st, handle) = wsks_connect(sink.addr(), 60_000);
     assert_eq!(st, STATUS_SUCCESS);
     // SAFETY: the handle from WsksConnect, not used again.
     assert_eq!(unsafe { kapi::WsksClose(handle) }, STATUS_SUCCESS);

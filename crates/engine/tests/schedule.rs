@@ -317,8 +317,7 @@ fn one_schedule() {
     let remote = SocketAddr::from((Ipv4Addr::LOCALHOST, 9));
     // SAFETY: a fake connection socket whose dispatch table is a connection dispatch;
     // it lives until after the connection is gone.
-    let conn =
-        unsafe { Connection::from_socket_for_tests(socket, remote, &options) }.expect("connection");
+    let conn = unsafe { Connection::new(socket, remote, &options) }.expect("connection");
     let tally = Arc::new(Tally {
         runs: Default::default(),
         accepted: Default::default(),

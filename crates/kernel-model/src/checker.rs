@@ -371,19 +371,6 @@ impl Session {
         state().on_arm.push_back(Box::new(f));
     }
 
-    /// A device object for `IoSetCompletionRoutineEx` (the model's front ends have
-    /// none of their own).
-    #[must_use]
-    pub fn device(&self) -> *mut wsksend_ffi::DEVICE_OBJECT {
-        crate::irp::model_device()
-    }
-
-    /// Completion routines of driver-allocated IRPs running right now.
-    #[must_use]
-    pub fn routines_running(&self) -> usize {
-        state().routines_running
-    }
-
     /// Turns the low-resources simulation on for the rest of the session (it is off
     /// at the start of every session): driver allocations fail as `config` says
     /// ([`crate::lowres`]). Replaces an earlier configuration; the counters (and the
